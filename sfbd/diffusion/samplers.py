@@ -53,6 +53,7 @@ def karras_sigmas(
         i = torch.arange(steps, dtype=dtype, device=device)
         lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
         t = (hi + i / (steps - 1) * (lo - hi)) ** rho
+        t[0], t[-1] = sigma_max, sigma_min  # exact ends, free of rounding in the powers
     return torch.cat([t, t.new_zeros(1)])
 
 
