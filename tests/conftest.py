@@ -6,7 +6,7 @@ import pytest
 import torch
 
 # The entry points in jobs/ are scripts; tests import their main() functions directly.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "jobs"))  # after the package
 
 
 class GaussianDenoiser:
@@ -33,3 +33,30 @@ def gaussian():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole test session (ray.init takes ~10 s here)."""
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        namespace="sfbd",
+        configure_logging=False,
+        log_to_driver=True,
+    )
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def load_job(name: str):
+    """Import jobs/<name>.py as a module (jobs/sfbd.py shares the package's name)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "jobs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"job_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

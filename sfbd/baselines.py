@@ -1,0 +1,76 @@
+"""The comparison rows of the paper's experiments, trained with the same train stage:
+
+- `noisy`: a model trained directly on the noisy observations as if they were clean;
+- `all-clean`: a model trained on every original item (the synthetic toy only: for real data
+  this would need the clean originals of the noisy part, which the pipeline never writes).
+
+Each trains for the whole SFBD budget (pretrain_kimg + iterations * refit_kimg) and is
+evaluated like an iteration; results land in `<run>/baselines/<kind>.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ray
+
+from sfbd.config import SFBDConfig
+from sfbd.data.sources import load_source
+from sfbd.data.store import read_manifest, write_shards
+from sfbd.runfiles import fresh_tmp_dir, is_complete, publish_dir, write_json_atomic
+
+KINDS = ("noisy", "all-clean")
+
+
+def _all_clean_set(run_dir: Path, data_dir: Path, config: SFBDConfig) -> Path:
+    manifest = read_manifest(data_dir)
+    if manifest["source"] != "toy2d":
+        raise ValueError("baseline: all-clean is available for the synthetic toy2d only")
+    out = run_dir / "baselines" / "all_clean_data"
+    if not is_complete(out):
+        src = load_source("toy2d", num=config.data.num, seed=config.data.seed)
+        tmp = fresh_tmp_dir(out)
+        import numpy as np
+
+        write_shards(tmp, np.arange(len(src.items)), src.items, 1 << 20)
+        publish_dir(tmp, out, {"count": len(src.items)})
+    return out
+
+
+def run_baseline(kind: str, run_dir: Path, data_dir: Path, config: SFBDConfig) -> dict:
+    """Train and evaluate one baseline; a completed one is read back, not redone."""
+    from sfbd.stages.evaluate import evaluate
+    from sfbd.stages.refit import run_train
+
+    if kind not in KINDS:
+        raise ValueError(f"baseline: unknown kind {kind!r}; allowed: {', '.join(KINDS)}")
+    result_path = run_dir / "baselines" / f"{kind}.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    path = data_dir / "noisy" if kind == "noisy" else _all_clean_set(run_dir, data_dir, config)
+    shape = tuple(read_manifest(data_dir)["item_shape"])
+    kimg = config.train.pretrain_kimg + config.iterations * config.train.refit_kimg
+    ckpt = run_dir / "baselines" / f"{kind}.pt"
+    if not ckpt.is_file():
+        summary = run_train(
+            f"baseline_{kind}",
+            ckpt,
+            run_dir / "train",
+            config.train,
+            config.network,
+            [{"path": str(path), "weight": None}],
+            shape,
+            kimg,
+            config.seed,
+        )
+    else:
+        summary = {"kimg": kimg}
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    task = ray.remote(evaluate).options(num_cpus=1, num_gpus=gpus)
+    record = ray.get(
+        task.remote(run_dir / "grids", f"baseline_{kind}", data_dir, ckpt, config.eval)
+    )
+    row = {"baseline": kind, "kimg": kimg, "train_loss": summary.get("loss"), **record}
+    write_json_atomic(result_path, row)
+    return row

@@ -1,0 +1,258 @@
+"""The run configuration: one typed object, loaded from a preset or YAML file, overridden by
+`key=value` strings, validated before any work, written back resolved into the run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from sfbd.diffusion.networks import NetworkConfig
+
+
+@dataclass
+class DataConfig:
+    """What `jobs/prepare_data.py` takes (used when no prepared `--data` is given)."""
+
+    dataset: str = "toy2d"
+    clean_fraction: float = 0.04
+    sigma: float = 0.59
+    seed: int = 0
+    root: str | None = None
+    limit: int | None = None
+    num: int = 20000
+    shard_size: int = 8192
+
+
+@dataclass
+class TrainConfig:
+    """Pretraining and refits (Ray Train). Durations and EMA in thousands of images (kimg)."""
+
+    batch_size: int = 128  # global batch, split across workers
+    lr: float = 1e-3
+    warmup_kimg: float = 1.0
+    ema_halflife_kimg: float = 0.5
+    ema_rampup_ratio: float | None = 0.05
+    pretrain_kimg: float = 20.0
+    refit_kimg: float = 10.0
+    checkpoint_kimg: float = 5.0  # Ray Train checkpoint interval (resume granularity)
+    log_kimg: float = 2.0
+    clean_weight: float | None = None  # share of clean items in refit batches; None: by set size
+    num_workers: int = 1  # 0: in-process (Ray Train local mode)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    threads: int = 0  # torch threads per worker; 0: Ray's default (OMP_NUM_THREADS)
+    max_failures: int = 3
+    P_mean: float = -1.2
+    P_std: float = 1.2
+
+
+@dataclass
+class DenoiseConfig:
+    """The backward-denoising stage (Ray Data)."""
+
+    steps: int = 8  # noise levels in [sigma_min, tau]; 2 * steps - 1 network evaluations
+    stochastic: bool = False  # False: probability-flow ODE; True: reverse SDE (posterior)
+    sigma_min: float = 0.002
+    batch_size: int = 256
+    num_actors: int = 0  # 0: one per GPU, or one on a CPU-only cluster
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 1.0  # used when the cluster has GPUs
+    threads: int = 0  # torch threads per actor; 0: Ray's default
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation after pretraining and after every iteration."""
+
+    num_samples: int = 1000
+    steps: int = 18
+    batch_size: int = 500
+    grid: int = 8  # side of the sample grid (grid x grid images)
+    seed: int = 1234
+    projections: int = 256  # sliced Wasserstein projections
+    threads: int = 0  # torch threads of the evaluation task; 0: Ray's default
+    # Reference set of the distance: "clean" (the clean set), "test" (the held-out split of
+    # data.dataset: cifar10, fashion-mnist, mnist) or "npz:PATH". The toy uses true samples.
+    reference: str = "clean"
+
+
+@dataclass
+class SFBDConfig:
+    name: str = "custom"
+    iterations: int = 3  # K: denoise -> refit -> evaluate rounds after pretraining
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    denoise: DenoiseConfig = field(default_factory=DenoiseConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        """Cheap checks with one-line errors naming the key; no I/O, no cluster."""
+        positive = {
+            "iterations": self.iterations,
+            "train.batch_size": self.train.batch_size,
+            "train.lr": self.train.lr,
+            "train.pretrain_kimg": self.train.pretrain_kimg,
+            "train.refit_kimg": self.train.refit_kimg,
+            "train.checkpoint_kimg": self.train.checkpoint_kimg,
+            "train.log_kimg": self.train.log_kimg,
+            "train.ema_halflife_kimg": self.train.ema_halflife_kimg,
+            "train.cpus_per_worker": self.train.cpus_per_worker,
+            "denoise.steps": self.denoise.steps,
+            "denoise.batch_size": self.denoise.batch_size,
+            "denoise.cpus_per_actor": self.denoise.cpus_per_actor,
+            "eval.num_samples": self.eval.num_samples,
+            "eval.steps": self.eval.steps,
+            "eval.batch_size": self.eval.batch_size,
+            "eval.projections": self.eval.projections,
+        }
+        for key, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"config: {key} = {value!r}; must be > 0")
+        nonneg = {
+            "train.num_workers": self.train.num_workers,
+            "train.warmup_kimg": self.train.warmup_kimg,
+            "train.max_failures": self.train.max_failures,
+            "denoise.num_actors": self.denoise.num_actors,
+            "eval.grid": self.eval.grid,
+        }
+        for key, value in nonneg.items():
+            if value < 0:
+                raise ValueError(f"config: {key} = {value!r}; must be >= 0")
+        ref = self.eval.reference
+        if ref not in ("clean", "test") and not ref.startswith("npz:"):
+            raise ValueError(f"config: eval.reference = {ref!r}; allowed: clean, test, npz:PATH")
+        if ref == "test" and self.data.dataset not in ("cifar10", "fashion-mnist", "mnist"):
+            raise ValueError(
+                f"config: eval.reference = test needs data.dataset cifar10, "
+                f"fashion-mnist or mnist (got {self.data.dataset!r})"
+            )
+        w = self.train.clean_weight
+        if w is not None and not 0 < w <= 1:
+            raise ValueError(f"config: train.clean_weight = {w}; must lie in (0, 1] or be null")
+        workers = max(self.train.num_workers, 1)
+        if self.train.batch_size % workers:
+            raise ValueError(
+                f"config: train.batch_size = {self.train.batch_size} is not "
+                f"divisible by train.num_workers = {workers}"
+            )
+        from sfbd.data.prepare import PrepareConfig
+
+        PrepareConfig(**dataclasses.asdict(self.data), out="-").validate()
+        self.network.shape()  # unknown preset or override keys
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overriding, presets
+
+
+def preset_names() -> list[str]:
+    return sorted(
+        p.name[:-5] for p in resources.files("sfbd.presets").iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def _describe(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _coerce(key: str, value, tp):
+    """Check `value` against the annotation `tp`, converting int to float where allowed."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ValueError:
+                pass
+        raise ValueError(f"config: {key} = {value!r}; expected {' or '.join(map(_describe, args))}")
+    if origin in (dict,) or tp is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"config: {key} = {value!r}; expected a mapping")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if type(value) is not tp:
+            raise ValueError(f"config: {key} = {value!r}; expected {tp.__name__}")
+        return value
+    raise ValueError(f"config: {key}: unsupported type {tp}")
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass `cls` from a nested mapping; unknown keys and wrong types are errors."""
+    if not isinstance(data, dict):
+        raise ValueError(f"config: {prefix.rstrip('.') or 'top level'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(
+            f"config: unknown key {prefix}{unknown[0]}; allowed in "
+            f"{prefix.rstrip('.') or 'top level'}: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(prefix + name, value, tp)
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=value` strings (values parsed as YAML) to a nested mapping, in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected key=value, e.g. train.lr=2e-4")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"config: {key}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return data
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> SFBDConfig:
+    """A preset name (see `preset_names()`) or a YAML path, then `--set` overrides."""
+    path = Path(name_or_path)
+    if name_or_path in preset_names():
+        text = resources.files("sfbd.presets").joinpath(f"{name_or_path}.yaml").read_text()
+    elif path.suffix in (".yaml", ".yml") and path.is_file():
+        text = path.read_text()
+    elif path.suffix in (".yaml", ".yml"):
+        raise FileNotFoundError(f"config: file {path} does not exist")
+    else:
+        raise ValueError(
+            f"config: unknown preset {name_or_path!r}; "
+            f"presets: {', '.join(preset_names())}, or a .yaml path"
+        )
+    data = yaml.safe_load(text) or {}
+    data.setdefault("name", path.stem if path.suffix else name_or_path)
+    data = apply_overrides(data, overrides or [])
+    config = from_dict(SFBDConfig, data)
+    config.validate()
+    return config
+
+
+def dump_config(config: SFBDConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,1 @@
+"""The SFBD stages on Ray: denoise (Ray Data), refit (Ray Train), evaluate."""

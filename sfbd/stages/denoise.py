@@ -1,0 +1,206 @@
+"""The denoise stage: SFBD's backward sampling over the whole noisy set with Ray Data.
+
+Reads the noisy Parquet shards, runs `backward_denoise` as a batched `map_batches` over an
+actor pool whose actors load the current EMA weights once, writes Parquet keyed by id, then
+checks that exactly the ids that went in came out, each once, before the output is published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+
+from sfbd.config import DenoiseConfig
+from sfbd.data.store import items_table, read_manifest, shard_paths, table_items
+from sfbd.diffusion.networks import load_denoiser
+from sfbd.diffusion.samplers import backward_denoise, network_evaluations
+from sfbd.runfiles import fresh_tmp_dir, is_complete, publish_dir
+
+
+def sample_seed(seed: int, iteration: int, item_id: int) -> int:
+    """The SDE's seed for one item: a function of (seed, iteration, id) alone."""
+    digest = hashlib.blake2b(f"{seed}/{iteration}/{item_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class DenoiseBatch:
+    """Ray Data callable class: holds the denoiser; maps a batch of (id, y) to (id, x0)."""
+
+    def __init__(
+        self,
+        checkpoint: str,
+        tau: float,
+        steps: int,
+        stochastic: bool,
+        sigma_min: float,
+        seed: int,
+        iteration: int,
+        item_shape: tuple[int, ...],
+        threads: int = 0,
+    ):
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.denoiser, _, _ = load_denoiser(checkpoint, map_location=self.device)
+        self.tau, self.steps, self.stochastic = tau, steps, stochastic
+        self.sigma_min, self.seed, self.iteration = sigma_min, seed, iteration
+        self.item_shape = tuple(item_shape)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ids, y = table_items(batch, self.item_shape)
+        generator = None
+        if self.stochastic:
+            generator = [
+                torch.Generator(self.device).manual_seed(
+                    sample_seed(self.seed, self.iteration, int(i))
+                )
+                for i in ids
+            ]
+        y_t = torch.from_numpy(y).to(self.device)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
+            x = backward_denoise(
+                self.denoiser,
+                y_t,
+                self.tau,
+                self.steps,
+                stochastic=self.stochastic,
+                generator=generator,
+                sigma_min=self.sigma_min,
+            )
+        return items_table(ids, x.float().cpu().numpy())
+
+
+@dataclass
+class DenoiseResult:
+    count: int
+    seconds: float
+    images_per_s: float
+    evaluations_per_s: float
+    stats: dict
+
+
+def _ids_digest(ids: np.ndarray) -> str:
+    return hashlib.sha256(np.sort(ids).astype(np.int64).tobytes()).hexdigest()
+
+
+def actor_resources(config: DenoiseConfig) -> tuple[int, dict]:
+    """(pool size, per-actor resources) from the config and the cluster's GPUs."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus:
+        size = config.num_actors or max(1, int(gpus / config.gpus_per_actor))
+        return size, {"num_gpus": config.gpus_per_actor, "num_cpus": config.cpus_per_actor}
+    return config.num_actors or 1, {"num_cpus": config.cpus_per_actor}
+
+
+def run_denoise(
+    data_dir: Path,
+    checkpoint: Path,
+    out_dir: Path,
+    config: DenoiseConfig,
+    seed: int,
+    iteration: int,
+    log=print,
+) -> DenoiseResult:
+    """Denoise every noisy item with the denoiser in `checkpoint`; publish `out_dir`."""
+    manifest = read_manifest(data_dir)
+    tau, shape = float(manifest["tau"]), tuple(manifest["item_shape"])
+    files = [str(p) for p in shard_paths(data_dir, "noisy")]
+    in_ids = np.concatenate(
+        [pq.read_table(f, columns=["id"]).column("id").to_numpy() for f in files]
+    )
+    size, res = actor_resources(config)
+    log(
+        f"denoise {iteration:03d}: {len(in_ids)} items, tau={tau}, {config.steps} levels "
+        f"({network_evaluations(config.steps)} evaluations each), "
+        f"{'SDE' if config.stochastic else 'ODE'}, {size} actor(s) {res}"
+    )
+    tmp = fresh_tmp_dir(out_dir)
+    t0 = time.time()
+    ds = ray.data.read_parquet(files)
+    ds = ds.map_batches(
+        DenoiseBatch,
+        fn_constructor_kwargs=dict(
+            checkpoint=str(checkpoint),
+            tau=tau,
+            steps=config.steps,
+            stochastic=config.stochastic,
+            sigma_min=config.sigma_min,
+            seed=seed,
+            iteration=iteration,
+            item_shape=shape,
+            threads=config.threads,
+        ),
+        batch_size=config.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=size),
+        **res,
+    )
+    ds.write_parquet(str(tmp))
+    seconds = time.time() - t0
+
+    out_ids, stats = _check_output(tmp, in_ids, shape)
+    rate = len(out_ids) / seconds
+    result = DenoiseResult(
+        len(out_ids), seconds, rate, rate * network_evaluations(config.steps), stats
+    )
+    publish_dir(
+        tmp,
+        out_dir,
+        {
+            "count": result.count,
+            "ids_sha256": _ids_digest(out_ids),
+            "iteration": iteration,
+            "seconds": seconds,
+            "stats": stats,
+        },
+    )
+    log(
+        f"denoise {iteration:03d}: {result.count} items in {seconds:.1f}s "
+        f"({rate:.1f} items/s, {result.evaluations_per_s:.0f} evaluations/s)"
+    )
+    return result
+
+
+def _check_output(
+    directory: Path, in_ids: np.ndarray, shape: tuple[int, ...]
+) -> tuple[np.ndarray, dict]:
+    """Every input id exactly once in the output, and summary statistics of the items."""
+    tables = [pq.read_table(p) for p in sorted(directory.glob("*.parquet"))]
+    if not tables:
+        raise RuntimeError(f"denoise: no output written to {directory}")
+    out_ids, x = table_items(pa.concat_tables(tables), shape)
+    unique, counts = np.unique(out_ids, return_counts=True)
+    missing = np.setdiff1d(in_ids, unique)
+    extra = np.setdiff1d(unique, in_ids)
+    dup = unique[counts > 1]
+    if len(missing) or len(extra) or len(dup):
+        raise RuntimeError(
+            f"denoise: output does not match input ids ({len(in_ids)} in, {len(out_ids)} out; "
+            f"{len(missing)} missing, {len(dup)} duplicated, {len(extra)} unknown)"
+        )
+    stats = {
+        "mean": float(x.mean()),
+        "std": float(x.std()),
+        "min": float(x.min()),
+        "max": float(x.max()),
+        "outside_unit_range": float((np.abs(x) > 1).mean()),
+    }
+    return out_ids, stats
+
+
+def read_denoised(directory: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """All denoised items of a published stage output: (ids, items), sorted by id."""
+    if not is_complete(directory):
+        raise FileNotFoundError(f"denoise: {directory} is not a completed denoise output")
+    table = pa.concat_tables([pq.read_table(p) for p in sorted(directory.glob("*.parquet"))])
+    ids, x = table_items(table, shape)
+    order = np.argsort(ids)
+    return ids[order], x[order]

@@ -1,0 +1,237 @@
+"""The train stage (Ray Train): pretraining on the clean set and SFBD's refits.
+
+One `TorchTrainer` loop serves both. It trains the EDM loss with Adam, learning-rate warm-up
+and an EMA, for a fixed number of images (kimg), so every stage ends by itself. A refit
+starts from the previous iteration's EMA weights. Checkpoints go through
+`ray.train.report(checkpoint=...)` every `checkpoint_kimg`; a lost worker resumes from the
+last one (`FailureConfig`), and a restarted driver resumes from it too, since Ray Train V2
+restores a run started again with the same name and storage path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from sfbd.config import TrainConfig
+from sfbd.data.store import table_items
+from sfbd.diffusion.ema import EMA, ema_beta
+from sfbd.diffusion.loss import EDMLoss
+from sfbd.diffusion.networks import NetworkConfig, build_denoiser, load_denoiser, save_denoiser
+
+STATE_FILE = "train_state.pt"
+
+
+def load_items(directory: str, item_shape: tuple[int, ...]) -> np.ndarray:
+    """Every item in a directory of (id, x) Parquet files, ordered by id."""
+    files = sorted(Path(directory).glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"train: no Parquet files in {directory}")
+    ids, x = table_items(pa.concat_tables([pq.read_table(f) for f in files]), item_shape)
+    return x[np.argsort(ids)]
+
+
+def _step_seed(seed: int, stage: str, rank: int, step: int) -> int:
+    digest = hashlib.blake2b(f"{seed}/{stage}/{rank}/{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def train_loop_per_worker(cfg: dict) -> None:
+    """Ray Train worker function. `cfg`: train, network, sets, item_shape, kimg, stage, seed,
+    init_checkpoint (EMA weights to start from, or None)."""
+    train = TrainConfig(**cfg["train"])
+    if train.threads > 0:
+        torch.set_num_threads(train.threads)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    net_cfg = NetworkConfig(**cfg["network"])
+    model = build_denoiser(net_cfg)
+    total_images = int(cfg["kimg"] * 1000)
+
+    checkpoint = ray.train.get_checkpoint()
+    resume_state = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume_state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(resume_state["model"])
+    elif cfg["init_checkpoint"]:
+        init, _, _ = load_denoiser(cfg["init_checkpoint"])
+        model.load_state_dict(init.state_dict())
+    ema = EMA(model)
+    if resume_state is not None:
+        ema.model.load_state_dict(resume_state["ema"])
+    model.to(device)
+    ema.model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=train.lr, betas=(0.9, 0.999), eps=1e-8)
+    if resume_state is not None:
+        opt.load_state_dict(resume_state["optimizer"])
+    images_seen = resume_state["images_seen"] if resume_state else 0
+    ddp_model = ray.train.torch.prepare_model(model) if world > 1 else model
+
+    sets = [load_items(s["path"], tuple(cfg["item_shape"])) for s in cfg["sets"]]
+    weights = np.array(
+        [
+            s["weight"] if s["weight"] is not None else len(x)
+            for s, x in zip(cfg["sets"], sets, strict=True)
+        ],
+        dtype=np.float64,
+    )
+    weights /= weights.sum()
+    sets_t = [torch.from_numpy(x).to(device) for x in sets]
+    loss_fn = EDMLoss(P_mean=train.P_mean, P_std=train.P_std, sigma_data=net_cfg.sigma_data)
+    local_batch = train.batch_size // world
+    ckpt_every = int(train.checkpoint_kimg * 1000)
+    log_every = int(train.log_kimg * 1000)
+    losses: list[float] = []
+    t_last, images_last = time.time(), images_seen
+
+    while images_seen < total_images:
+        step = images_seen // train.batch_size
+        rng = np.random.default_rng(_step_seed(cfg["seed"], cfg["stage"], rank, step))
+        torch.manual_seed(_step_seed(cfg["seed"], cfg["stage"] + "/noise", rank, step))
+        which = rng.choice(len(sets), size=local_batch, p=weights)
+        parts = [
+            sets_t[k][
+                torch.from_numpy(rng.integers(0, len(sets[k]), int((which == k).sum()))).to(device)
+            ]
+            for k in range(len(sets))
+            if (which == k).any()
+        ]
+        x = torch.cat(parts)
+        # Learning-rate warm-up over `warmup_kimg`, as in EDM's training loop.
+        warm = min(images_seen / max(train.warmup_kimg * 1000, 1e-8), 1.0)
+        for group in opt.param_groups:
+            group["lr"] = train.lr * max(warm, 1e-3)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(ddp_model, x).mean()
+        loss.backward()
+        for p in model.parameters():
+            if p.grad is not None:
+                torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+        opt.step()
+        images_seen += train.batch_size
+        ema.update(
+            model,
+            ema_beta(
+                train.batch_size,
+                train.ema_halflife_kimg * 1000,
+                train.ema_rampup_ratio,
+                images_seen,
+            ),
+        )
+        losses.append(loss.item())
+
+        done = images_seen >= total_images
+        if rank == 0 and (
+            images_seen // log_every > (images_seen - train.batch_size) // log_every or done
+        ):
+            rate = (images_seen - images_last) / max(time.time() - t_last, 1e-9)
+            print(
+                f"{cfg['stage']}: {images_seen / 1000:.1f}/{total_images / 1000:.1f} kimg, "
+                f"loss {np.mean(losses[-50:]):.4f}, {rate:.0f} images/s",
+                flush=True,
+            )
+            t_last, images_last = time.time(), images_seen
+        crossed = images_seen // ckpt_every > (images_seen - train.batch_size) // ckpt_every
+        if crossed or done:
+            metrics = {
+                "kimg": images_seen / 1000,
+                "loss": float(np.mean(losses[-50:])),
+                "images_seen": images_seen,
+            }
+            if rank == 0:
+                with tempfile.TemporaryDirectory() as d:
+                    torch.save(
+                        {
+                            "model": model.state_dict(),
+                            "ema": ema.model.state_dict(),
+                            "optimizer": opt.state_dict(),
+                            "images_seen": images_seen,
+                        },
+                        Path(d) / STATE_FILE,
+                    )
+                    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+            else:
+                ray.train.report(metrics)
+
+
+def run_train(
+    stage: str,
+    out_path: Path,
+    storage: Path,
+    train: TrainConfig,
+    network: NetworkConfig,
+    sets: list[dict],
+    item_shape: tuple[int, ...],
+    kimg: float,
+    seed: int,
+    init_checkpoint: Path | None = None,
+    extra: dict | None = None,
+    log=print,
+) -> dict:
+    """Run one train stage to completion and write the EMA denoiser to `out_path`."""
+    log(f"{stage}: {kimg} kimg on {[s['path'] for s in sets]} with {train.num_workers} worker(s)")
+    t0 = time.time()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "train": dataclasses.asdict(train),
+            "network": dataclasses.asdict(network),
+            "sets": sets,
+            "item_shape": list(item_shape),
+            "kimg": kimg,
+            "stage": stage,
+            "seed": seed,
+            "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=train.num_workers,
+            use_gpu=train.use_gpu,
+            resources_per_worker={
+                "CPU": train.cpus_per_worker,
+                **({"GPU": 1} if train.use_gpu else {}),
+            },
+        ),
+        run_config=RunConfig(
+            name=stage,
+            storage_path=str(storage.resolve()),
+            failure_config=FailureConfig(max_failures=train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"{stage}: training finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    if state["images_seen"] < kimg * 1000:
+        raise RuntimeError(
+            f"{stage}: last checkpoint has {state['images_seen']} images, "
+            f"expected {kimg * 1000:.0f}"
+        )
+    denoiser = build_denoiser(network)
+    denoiser.load_state_dict(state["ema"])
+    seconds = time.time() - t0
+    summary = {
+        "stage": stage,
+        "kimg": kimg,
+        "seconds": seconds,
+        "images_per_s": kimg * 1000 / seconds,
+        "loss": result.metrics.get("loss"),
+    }
+    save_denoiser(out_path, denoiser, network, stage=stage, **(extra or {}))
+    log(f"{stage}: done in {seconds:.1f}s, final loss {summary['loss']:.4f}")
+    return summary

@@ -1,0 +1,284 @@
+"""The SFBD loop on a local Ray cluster: the toy claim, a tiny image run with 2 DDP workers,
+resume after a killed driver, and bad configurations."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import load_job
+
+from sfbd.data.store import read_split
+from sfbd.orchestrator import read_metrics, read_state, stage_names
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_toy_sfbd_beats_pretraining_and_noisy_training(ray_cluster, tmp_path):
+    job = load_job("sfbd")
+    run = tmp_path / "toy"
+    rc = job.main(
+        [
+            "--config",
+            "toy2d",
+            "--run-dir",
+            str(run),
+            "--set",
+            "iterations=3",
+            "--set",
+            "train.num_workers=0",
+            "--baselines",
+            "noisy",
+            "--address",
+            ray_cluster,
+        ]
+    )
+    assert rc == 0
+    metrics = read_metrics(run)
+    assert [m["iteration"] for m in metrics] == [0, 1, 2, 3]
+    swd = [m["swd_true"] for m in metrics]
+    noisy = json.loads((run / "baselines" / "noisy.json").read_text())["swd_true"]
+    print(
+        f"toy swd_true: pretrain {swd[0]:.4f}, SFBD {[round(s, 4) for s in swd[1:]]}, "
+        f"noisy-only {noisy:.4f}"
+    )
+    assert swd[-1] < swd[0]
+    assert swd[-1] < noisy
+    assert (run / "grids" / "iter_003_points.png").is_file()
+    # A finished run returns at once and changes nothing.
+    before = (run / "state.json").read_text()
+    t0 = time.time()
+    assert (
+        job.main(
+            [
+                "--config",
+                "toy2d",
+                "--run-dir",
+                str(run),
+                "--set",
+                "iterations=3",
+                "--set",
+                "train.num_workers=0",
+                "--address",
+                ray_cluster,
+            ]
+        )
+        == 0
+    )
+    assert time.time() - t0 < 30
+    assert (run / "state.json").read_text() == before
+    assert len(read_metrics(run)) == 4
+
+
+@pytest.fixture
+def tiny_images(tmp_path):
+    rng = np.random.default_rng(0)
+    # Blobs on a dark background: structured enough for a tiny UNet to learn something.
+    yy, xx = np.mgrid[:16, :16]
+    images = []
+    for _ in range(400):
+        cy, cx = rng.integers(4, 12, size=2)
+        blob = 255 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8.0)
+        images.append(blob[None].astype(np.uint8))
+    path = tmp_path / "blobs.npz"
+    np.savez(path, images=np.stack(images))
+    return path
+
+
+def test_tiny_image_run_with_two_ddp_workers(ray_cluster, tmp_path, tiny_images):
+    job = load_job("sfbd")
+    prep = load_job("prepare_data")
+    data = tmp_path / "data"
+    assert (
+        prep.main(
+            [
+                "--dataset",
+                f"npz:{tiny_images}",
+                "--clean-fraction",
+                "0.1",
+                "--sigma",
+                "0.5",
+                "--out",
+                str(data),
+                "--shard-size",
+                "70",
+            ]
+        )
+        == 0
+    )
+    run = tmp_path / "run"
+    sets = [
+        "iterations=2",
+        "network.preset=tiny",
+        "train.num_workers=2",
+        "train.batch_size=32",
+        "train.pretrain_kimg=0.64",
+        "train.refit_kimg=0.32",
+        "train.checkpoint_kimg=0.32",
+        "train.warmup_kimg=0.1",
+        "denoise.steps=3",
+        "denoise.batch_size=50",
+        "eval.num_samples=16",
+        "eval.steps=4",
+        "eval.grid=4",
+    ]
+    args = [
+        "--config",
+        "fashion-mnist-cpu",
+        "--data",
+        str(data),
+        "--run-dir",
+        str(run),
+        "--address",
+        ray_cluster,
+    ]
+    assert job.main(args + [a for s in sets for a in ("--set", s)]) == 0
+
+    noisy_ids, _ = read_split(data, "noisy")
+    for k in (1, 2):
+        out = run / "denoised" / f"iter_{k:03d}"
+        ids = np.concatenate(
+            [
+                pq.read_table(p, columns=["id"]).column("id").to_numpy()
+                for p in out.glob("*.parquet")
+            ]
+        )
+        assert len(ids) == len(noisy_ids) == 360
+        assert sorted(ids.tolist()) == sorted(noisy_ids.tolist())  # each id exactly once
+        assert json.loads((out / "_COMPLETE.json").read_text())["count"] == 360
+    for k in (0, 1, 2):
+        assert (run / "checkpoints" / f"iter_{k:03d}.pt").is_file()
+        assert (run / "grids" / f"iter_{k:03d}_samples.png").is_file()
+    assert (run / "grids" / "iter_002_denoised.png").is_file()
+    rows = read_metrics(run)
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert rows[1]["denoised"]["count"] == 360 and "denoise" in rows[1]["seconds"]
+
+    sample = load_job("sample")
+    out = tmp_path / "s.npz"
+    assert (
+        sample.main(
+            [
+                "--checkpoint",
+                str(run / "checkpoints" / "iter_002.pt"),
+                "--num",
+                "5",
+                "--steps",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    images = np.load(out)["images"]
+    assert images.shape == (5, 1, 16, 16) and images.dtype == np.float32
+    assert images.min() >= -1 and images.max() <= 1
+
+
+def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
+    run = tmp_path / "toy"
+    cmd = [
+        sys.executable,
+        str(ROOT / "jobs" / "sfbd.py"),
+        "--config",
+        "toy2d",
+        "--run-dir",
+        str(run),
+        "--address",
+        ray_cluster,
+        "--set",
+        "iterations=2",
+        "--set",
+        "train.pretrain_kimg=20",
+        "--set",
+        "train.refit_kimg=40",
+        "--set",
+        "train.checkpoint_kimg=10",
+        "--set",
+        "eval.num_samples=2000",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if "denoise_001" in read_state(run).get("completed", {}):
+            break
+        assert proc.poll() is None, "the run ended before its first denoise stage"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver dies; its orchestrator actor with it
+    proc.wait()
+    first = read_state(run)
+    assert "denoise_001" in first["completed"] and not first.get("finished")
+    ckpt0 = (run / "checkpoints" / "iter_000.pt").stat().st_mtime_ns
+    denoised1 = (run / "denoised" / "iter_001" / "_COMPLETE.json").read_text()
+
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    final = read_state(run)
+    assert final["finished"]
+    assert list(final["completed"]) == stage_names(2)
+    # Finished stages were not redone: same timings, same files.
+    for name in ("pretrain", "evaluate_000", "denoise_001"):
+        assert final["completed"][name] == first["completed"][name]
+    assert (run / "checkpoints" / "iter_000.pt").stat().st_mtime_ns == ckpt0
+    assert (run / "denoised" / "iter_001" / "_COMPLETE.json").read_text() == denoised1
+    assert "stage 1/8: pretrain" not in r.stdout
+    assert [m["iteration"] for m in read_metrics(run)] == [0, 1, 2]
+    assert (run / "checkpoints" / "iter_002.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--config", "no-such-preset"], "unknown preset"),
+        (["--config", "toy2d", "--set", "train.learning_rate=1"], "train.learning_rate"),
+        (["--config", "toy2d", "--set", "train.batch_size=big"], "train.batch_size"),
+        (["--config", "toy2d", "--set", "denoise.steps=2.5"], "denoise.steps"),
+        (["--config", "toy2d", "--set", "data.sigma=0"], "sigma"),
+        (["--config", "toy2d", "--set", "network.preset=resnet"], "network.preset"),
+        (["--config", "missing.yaml"], "does not exist"),
+    ],
+)
+def test_bad_configuration_fails_before_any_work(tmp_path, capsys, args, needle):
+    job = load_job("sfbd")
+    run = tmp_path / "run"
+    assert job.main(args + ["--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    "setting,needle",
+    [
+        ("train.num_workers=8", "train.num_workers"),
+        ("train.use_gpu=true", "train.use_gpu"),
+        ("denoise.cpus_per_actor=16", "denoise.cpus_per_actor"),
+    ],
+)
+def test_impossible_resource_request_fails_before_any_work(
+    ray_cluster, tmp_path, capsys, setting, needle
+):
+    job = load_job("sfbd")
+    run = tmp_path / "run"
+    rc = job.main(
+        ["--config", "toy2d", "--run-dir", str(run), "--set", setting, "--address", ray_cluster]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert not run.exists()
