@@ -43,7 +43,7 @@ class TrainConfig:
     checkpoint_kimg: float = 5.0  # Ray Train checkpoint interval (resume granularity)
     log_kimg: float = 2.0
     clean_weight: float | None = None  # share of clean items in refit batches; None: by set size
-    num_workers: int = 1  # 0: in-process (Ray Train local mode)
+    num_workers: int = 1  # >= 1 (local mode, 0, does not persist checkpoints: no resume)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     threads: int = 0  # torch threads per worker; 0: Ray's default (OMP_NUM_THREADS)
@@ -105,6 +105,7 @@ class SFBDConfig:
             "train.log_kimg": self.train.log_kimg,
             "train.ema_halflife_kimg": self.train.ema_halflife_kimg,
             "train.cpus_per_worker": self.train.cpus_per_worker,
+            "train.num_workers": self.train.num_workers,
             "denoise.steps": self.denoise.steps,
             "denoise.batch_size": self.denoise.batch_size,
             "denoise.cpus_per_actor": self.denoise.cpus_per_actor,
@@ -117,7 +118,6 @@ class SFBDConfig:
             if not value > 0:
                 raise ValueError(f"config: {key} = {value!r}; must be > 0")
         nonneg = {
-            "train.num_workers": self.train.num_workers,
             "train.warmup_kimg": self.train.warmup_kimg,
             "train.max_failures": self.train.max_failures,
             "denoise.num_actors": self.denoise.num_actors,
@@ -137,7 +137,7 @@ class SFBDConfig:
         w = self.train.clean_weight
         if w is not None and not 0 < w <= 1:
             raise ValueError(f"config: train.clean_weight = {w}; must lie in (0, 1] or be null")
-        workers = max(self.train.num_workers, 1)
+        workers = self.train.num_workers
         if self.train.batch_size % workers:
             raise ValueError(
                 f"config: train.batch_size = {self.train.batch_size} is not "

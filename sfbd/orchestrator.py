@@ -10,7 +10,7 @@ Run directory:
     data/                      prepared data (when no --data was given)
     checkpoints/iter_000.pt    EMA denoiser after pretraining; iter_{k:03d}.pt after iteration k
     denoised/iter_{k:03d}/     denoised noisy set of iteration k (Parquet, id + x) + _COMPLETE.json
-    grids/                     iter_{k:03d}_samples.png, iter_{k:03d}_denoised.png (toy: _points.png)
+    grids/                     iter_{k:03d}_samples.png, _denoised.png (toy: _points.png)
     metrics.jsonl              one JSON object per evaluation
     train/                     Ray Train storage: per stage its checkpoints (resume points)
 """

@@ -23,54 +23,22 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_toy_sfbd_beats_pretraining_and_noisy_training(ray_cluster, tmp_path):
     job = load_job("sfbd")
     run = tmp_path / "toy"
-    rc = job.main(
-        [
-            "--config",
-            "toy2d",
-            "--run-dir",
-            str(run),
-            "--set",
-            "iterations=3",
-            "--set",
-            "train.num_workers=0",
-            "--baselines",
-            "noisy",
-            "--address",
-            ray_cluster,
-        ]
-    )
-    assert rc == 0
+    args = ["--config", "toy2d", "--run-dir", str(run), "--address", ray_cluster]
+    args += ["--set", "iterations=3"]
+    assert job.main(args + ["--baselines", "noisy"]) == 0
     metrics = read_metrics(run)
     assert [m["iteration"] for m in metrics] == [0, 1, 2, 3]
     swd = [m["swd_true"] for m in metrics]
     noisy = json.loads((run / "baselines" / "noisy.json").read_text())["swd_true"]
-    print(
-        f"toy swd_true: pretrain {swd[0]:.4f}, SFBD {[round(s, 4) for s in swd[1:]]}, "
-        f"noisy-only {noisy:.4f}"
-    )
+    print(f"toy swd_true: pretrain {swd[0]:.4f}, SFBD {[round(s, 4) for s in swd[1:]]}, "
+          f"noisy-only {noisy:.4f}")
     assert swd[-1] < swd[0]
     assert swd[-1] < noisy
     assert (run / "grids" / "iter_003_points.png").is_file()
     # A finished run returns at once and changes nothing.
     before = (run / "state.json").read_text()
     t0 = time.time()
-    assert (
-        job.main(
-            [
-                "--config",
-                "toy2d",
-                "--run-dir",
-                str(run),
-                "--set",
-                "iterations=3",
-                "--set",
-                "train.num_workers=0",
-                "--address",
-                ray_cluster,
-            ]
-        )
-        == 0
-    )
+    assert job.main(args) == 0
     assert time.time() - t0 < 30
     assert (run / "state.json").read_text() == before
     assert len(read_metrics(run)) == 4
@@ -248,6 +216,7 @@ def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
         (["--config", "toy2d", "--set", "train.learning_rate=1"], "train.learning_rate"),
         (["--config", "toy2d", "--set", "train.batch_size=big"], "train.batch_size"),
         (["--config", "toy2d", "--set", "denoise.steps=2.5"], "denoise.steps"),
+    (["--config", "toy2d", "--set", "train.num_workers=0"], "train.num_workers"),
         (["--config", "toy2d", "--set", "data.sigma=0"], "sigma"),
         (["--config", "toy2d", "--set", "network.preset=resnet"], "network.preset"),
         (["--config", "missing.yaml"], "does not exist"),

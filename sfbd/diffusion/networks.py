@@ -11,7 +11,7 @@ connections from every encoder block, self-attention at chosen levels. Presets:
 - `ncsnpp-celeba64`: NCSN++-style 64 px configuration (multipliers 1,2,2,2, Fourier noise
   embedding, attention at 16 px). EDM's FIR resampling and residual encoder are not copied:
   resampling here is a 2x2 box filter / nearest upsampling, as EDM's DDPM++ uses.
-- `mlp`: a residual MLP for vector data (the 2-D toy).
+- `mlp`: a residual MLP for vector data (the 2-D toy), 3 blocks of 128.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ PRESETS: dict[str, UNetShape | MLPShape] = {
     "small": UNetShape(64, (1, 2, 2), 2, (2,), 0.1),
     "ddpmpp-cifar10": UNetShape(128, (2, 2, 2), 4, (1,), 0.13),
     "ncsnpp-celeba64": UNetShape(128, (1, 2, 2, 2), 4, (2,), 0.1, embedding="fourier"),
-    "mlp": MLPShape(hidden=256, num_layers=4),
+    "mlp": MLPShape(hidden=128, num_layers=3),
 }
 
 
