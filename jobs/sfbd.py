@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = set(filter(None, args.baselines.split(","))) - {"noisy", "all-clean"}
         if unknown:
             raise ValueError(f"--baselines: unknown {sorted(unknown)}; allowed: noisy, all-clean")
-        data = Path(args.data) if args.data else None
+        data = Path(args.data).resolve() if args.data else None
         if data is not None and not (data / "manifest.json").is_file():
             raise FileNotFoundError(
                 f"data: {data} is not a prepared data directory "
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = ray.init(address=args.address, namespace="sfbd", ignore_reinit_error=True)
     try:
         check_resources(config, ray.cluster_resources())
-        run_dir = Path(args.run_dir or f"runs/{config.name}")
+        run_dir = Path(args.run_dir or f"runs/{config.name}").resolve()  # workers' cwd differs
         run_dir.mkdir(parents=True, exist_ok=True)
         data = prepare_run_dir(config, run_dir, data)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
@@ -146,7 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         summary = ray.get(actor.run.remote())
     except Exception as exc:  # a stage failed: say which, exit non-zero
         state = orchestrator.read_state(run_dir)
-        print(f"error: stage {state.get('current')} failed: {exc}", file=sys.stderr)
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        print(
+            f"error: stage {state.get('current')} failed: {lines[-1] if lines else exc!r} "
+            f"(rerun the same command to resume)",
+            file=sys.stderr,
+        )
         return 1
     print(f"[sfbd] finished in {time.time() - t0:.1f}s; run directory {run_dir}")
     for row in summary["metrics"]:

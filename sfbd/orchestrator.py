@@ -58,8 +58,8 @@ class Orchestrator:
     """Runs the SFBD loop for one run directory. Create it as a Ray actor (see `start`)."""
 
     def __init__(self, run_dir: str, data_dir: str):
-        self.run_dir = Path(run_dir)
-        self.data_dir = Path(data_dir)
+        self.run_dir = Path(run_dir).resolve()
+        self.data_dir = Path(data_dir).resolve()
         raw = yaml.safe_load((self.run_dir / CONFIG).read_text())
         self.config: SFBDConfig = from_dict(SFBDConfig, raw)
         self.item_shape = tuple(read_manifest(self.data_dir)["item_shape"])
@@ -176,7 +176,7 @@ class Orchestrator:
             f.write(json.dumps(row) + "\n")
         metric = row["metric"]
         self._log(f"evaluate {k:03d}: {metric} = {row[metric]:.4f}")
-        return row
+        return {"metric": metric, metric: row[metric]}
 
     def _run_stage(self, name: str) -> dict:
         kind, _, num = name.partition("_")
@@ -204,7 +204,12 @@ class Orchestrator:
                 # The record was appended but the state not saved: keep the record.
                 k = int(name.partition("_")[2])
                 row = [r for r in read_metrics(self.run_dir) if r["iteration"] == k][-1]
-                self.state["completed"][name] = {"seconds": 0.0, "recovered": True, **row}
+                self.state["completed"][name] = {
+                    "metric": row["metric"],
+                    row["metric"]: row[row["metric"]],
+                    "seconds": 0.0,
+                    "recovered": True,
+                }
                 self._save_state()
                 continue
             self._log(f"stage {i + 1}/{len(names)}: {name}")

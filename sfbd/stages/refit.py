@@ -67,6 +67,12 @@ def train_loop_per_worker(cfg: dict) -> None:
         with checkpoint.as_directory() as d:
             resume_state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(resume_state["model"])
+        if rank == 0:
+            print(
+                f"{cfg['stage']}: resumed from its checkpoint at "
+                f"{resume_state['images_seen'] / 1000:.1f} kimg",
+                flush=True,
+            )
     elif cfg["init_checkpoint"]:
         init, _, _ = load_denoiser(cfg["init_checkpoint"])
         model.load_state_dict(init.state_dict())
