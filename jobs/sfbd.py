@@ -16,9 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-# This script shares its name with the package: keep its folder off the import path.
+# This script shares its name with the package: keep its folder off the import path, and put
+# the project root first (under `ray job submit --working-dir .` that is the uploaded copy).
 _here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+sys.path[:] = [os.path.dirname(_here)] + [
+    p for p in sys.path if os.path.abspath(p or os.curdir) != _here
+]
 
 from sfbd.config import SFBDConfig, dump_config, load_config, preset_names  # noqa: E402
 

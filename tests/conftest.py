@@ -1,12 +1,8 @@
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-# The entry points in jobs/ are scripts; tests import their main() functions directly.
-sys.path.append(str(Path(__file__).resolve().parents[1] / "jobs"))  # after the package
 
 
 class GaussianDenoiser:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_job
 from PIL import Image
 
 from sfbd.data import load_source, noise_for, read_manifest, read_split, verify_split
@@ -192,7 +193,7 @@ def _bad_inputs(tmp_path):
 
 
 def test_bad_inputs(tmp_path, capsys):
-    import prepare_data  # jobs/ is on sys.path (conftest)
+    prepare_data = load_job("prepare_data")
 
     for args, needle in _bad_inputs(tmp_path):
         out = tmp_path / "out"
