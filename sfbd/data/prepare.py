@@ -1,0 +1,92 @@
+"""Prepare a data set once: load, split into clean/noisy, write shards and the manifest."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sfbd.data.sources import check_dataset_spec, load_source
+from sfbd.data.split import check_split_args, observe, split_indices
+from sfbd.data.store import MANIFEST, read_manifest, write_manifest, write_shards
+
+DATA_FORMAT = "sfbd-data-v1"
+
+
+@dataclass
+class PrepareConfig:
+    dataset: str = "fashion-mnist"
+    clean_fraction: float = 0.04
+    sigma: float = 0.59  # tau, the noise level of the observations (pixels in [-1, 1])
+    seed: int = 0
+    out: str = "data/prepared"
+    root: str | None = None  # where torchvision data sets live or are downloaded to
+    limit: int | None = None  # keep only the first `limit` items of the source
+    num: int = 20000  # items of the synthetic toy2d set
+    shard_size: int = 8192
+
+    def validate(self) -> None:
+        check_split_args(self.clean_fraction, self.sigma)
+        check_dataset_spec(self.dataset)
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size: {self.shard_size}; must be >= 1")
+        if self.limit is not None and self.limit < 2:
+            raise ValueError(f"limit: {self.limit}; must be >= 2 (one clean, one noisy item)")
+        if self.num < 2:
+            raise ValueError(f"num: {self.num}; must be >= 2")
+
+    def identity(self) -> dict:
+        """The fields that determine the prepared content."""
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "root", "shard_size")}
+
+
+def prepare(config: PrepareConfig, log=print) -> Path:
+    """Write the prepared directory `config.out`; a complete identical one is kept as is."""
+    config.validate()
+    out = Path(config.out)
+    if (out / MANIFEST).is_file():
+        if read_manifest(out).get("config") == config.identity():
+            log(f"data: {out} already prepared with these settings; nothing to do")
+            return out
+        raise FileExistsError(
+            f"out: {out} holds data prepared with other settings; choose another --out"
+        )
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"out: {out} exists, is not empty and has no {MANIFEST}")
+
+    src = load_source(config.dataset, root=config.root, limit=config.limit, num=config.num,
+                      seed=config.seed)
+    clean_ids, noisy_ids = split_indices(len(src.items), config.clean_fraction, config.seed)
+    log(f"data: {src.name}: {len(src.items)} items of shape {src.item_shape}; "
+        f"{len(clean_ids)} clean, {len(noisy_ids)} noisy at tau={config.sigma}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        clean = write_shards(tmp / "clean", clean_ids, src.items[clean_ids], config.shard_size)
+        noisy_y = observe(src.items[noisy_ids], noisy_ids, config.sigma, config.seed)
+        noisy = write_shards(tmp / "noisy", noisy_ids, noisy_y, config.shard_size)
+        manifest = {
+            "format": DATA_FORMAT,
+            "source": src.name,
+            "kind": src.kind,
+            "item_shape": list(src.item_shape),
+            "num_items": len(src.items),
+            "tau": config.sigma,
+            "seed": config.seed,
+            "clean_fraction": config.clean_fraction,
+            "splits": {"clean": {"count": len(clean_ids), "shards": clean},
+                       "noisy": {"count": len(noisy_ids), "shards": noisy}},
+            "config": config.identity(),
+        }
+        write_manifest(tmp, manifest)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"data: wrote {out} ({len(clean)} clean and {len(noisy)} noisy shards)")
+    return out

@@ -1,0 +1,218 @@
+"""Data sources: every source yields float32 items, images scaled to [-1, 1].
+
+Specs (`--dataset`): `cifar10`, `fashion-mnist`, `mnist`, `folder:PATH`, `npz:PATH`, `toy2d`.
+CIFAR-10 and MNIST come through torchvision (downloaded into `root`, or read from it
+offline); Fashion-MNIST and MNIST also read the original idx gz files from a directory,
+Debian's `dataset-fashion-mnist` among them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DATASETS = ("cifar10", "fashion-mnist", "mnist", "folder:PATH", "npz:PATH", "toy2d")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sfbd" / "datasets"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+@dataclass
+class Source:
+    """A loaded data set: `items` float32 `[N, C, H, W]` (images in [-1, 1]) or `[N, D]`."""
+
+    name: str
+    items: np.ndarray
+    kind: str  # "image" or "vector"
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return tuple(self.items.shape[1:])
+
+
+def check_dataset_spec(spec: str) -> None:
+    """Validate a `--dataset` value without loading anything (one-line errors)."""
+    name, _, path = spec.partition(":")
+    if name in ("folder", "npz"):
+        if not path:
+            raise ValueError(f"dataset: {spec!r} needs a path, e.g. {name}:/data/images")
+        if not Path(path).exists():
+            raise FileNotFoundError(f"dataset: {name} path {path} does not exist")
+        if name == "folder" and not Path(path).is_dir():
+            raise NotADirectoryError(f"dataset: folder path {path} is not a directory")
+    elif spec not in ("cifar10", "fashion-mnist", "mnist", "toy2d"):
+        raise ValueError(f"dataset: unknown dataset {spec!r}; allowed: {', '.join(DATASETS)}")
+
+
+def load_source(spec: str, root: str | os.PathLike | None = None, train: bool = True,
+                limit: int | None = None, num: int = 20000, seed: int = 0,
+                download: bool = True) -> Source:
+    """Load a data set by spec. `limit` keeps the first items; `num`/`seed` size the toy."""
+    check_dataset_spec(spec)
+    name, _, path = spec.partition(":")
+    root = Path(root) if root else None
+    if name == "toy2d":
+        src = Source("toy2d", toy2d_sample(num, np.random.default_rng([seed, 2])), "vector")
+    elif name == "folder":
+        src = Source(spec, _load_folder(Path(path), limit), "image")
+    elif name == "npz":
+        src = _load_npz(Path(path))
+    elif name == "fashion-mnist":
+        src = Source(name, _load_mnist_family("FashionMNIST", root, train, download), "image")
+    elif name == "mnist":
+        src = Source(name, _load_mnist_family("MNIST", root, train, download), "image")
+    else:
+        src = Source(name, _load_cifar10(root, train, download), "image")
+    if limit is not None:
+        src.items = src.items[:limit]
+    _check_finite(src.items, spec)
+    if len(src.items) == 0:
+        raise ValueError(f"dataset: {spec} holds no items")
+    return src
+
+
+# ---------------------------------------------------------------------------------------------
+# The 2-D toy: a ring of eight Gaussians, whose true samples are always at hand.
+
+TOY_RADIUS = 1.0
+TOY_STD = 0.08
+TOY_MODES = 8
+
+
+def toy2d_sample(n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` samples of the toy distribution: a ring of 8 Gaussians (radius 1, std 0.08)."""
+    k = rng.integers(0, TOY_MODES, size=n)
+    angle = 2 * np.pi * k / TOY_MODES
+    centers = TOY_RADIUS * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    return (centers + TOY_STD * rng.standard_normal((n, 2))).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaders
+
+
+def _to_unit_range(images_uint8: np.ndarray) -> np.ndarray:
+    return images_uint8.astype(np.float32) / 127.5 - 1.0
+
+
+def _check_finite(items: np.ndarray, what: str) -> None:
+    if not np.isfinite(items).all():
+        bad = int((~np.isfinite(items)).reshape(len(items), -1).any(axis=1).argmax())
+        raise ValueError(f"dataset: {what} has NaN or infinite values (first at item {bad})")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    magic, n = struct.unpack(">II", data[:8])
+    if magic != 2051:
+        raise ValueError(f"dataset: {path} is not an idx image file (magic {magic})")
+    rows, cols = struct.unpack(">II", data[8:16])
+    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, 1, rows, cols)
+
+
+def _find_idx(directory: Path, train: bool) -> Path | None:
+    stem = "train-images-idx3-ubyte" if train else "t10k-images-idx3-ubyte"
+    for name in (stem + ".gz", stem):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _load_mnist_family(tv_name: str, root: Path | None, train: bool, download: bool):
+    """idx files from `root` (or torchvision's layout under it, or Debian's copy)."""
+    candidates = []
+    if root is not None:
+        candidates += [root, root / tv_name / "raw"]
+    if tv_name == "FashionMNIST":
+        candidates.append(DEBIAN_FASHION_MNIST)
+    for directory in candidates:
+        found = _find_idx(directory, train)
+        if found is not None:
+            return _to_unit_range(_read_idx(found))
+    import torchvision  # the online path: torchvision downloads into root
+
+    root = root or DEFAULT_ROOT
+    cls = getattr(torchvision.datasets, tv_name)
+    try:
+        ds = cls(str(root), train=train, download=download)
+    except Exception as exc:
+        raise FileNotFoundError(
+            f"dataset: {tv_name} not found under {root} and could not be downloaded ({exc}); "
+            f"put the idx files (train-images-idx3-ubyte.gz) in a directory and pass it as root"
+        ) from exc
+    return _to_unit_range(ds.data.numpy()[:, None])
+
+
+def _load_cifar10(root: Path | None, train: bool, download: bool) -> np.ndarray:
+    import torchvision
+
+    root = root or DEFAULT_ROOT
+    try:
+        ds = torchvision.datasets.CIFAR10(str(root), train=train, download=download)
+    except Exception as exc:
+        raise FileNotFoundError(
+            f"dataset: CIFAR-10 not found under {root} and could not be downloaded ({exc}); "
+            f"place cifar-10-python.tar.gz or cifar-10-batches-py/ there and pass it as root"
+        ) from exc
+    return _to_unit_range(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+
+
+def _load_folder(path: Path, limit: int | None) -> np.ndarray:
+    from PIL import Image
+
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"dataset: folder {path} has no PNG or JPEG images")
+    if limit is not None:
+        files = files[:limit]
+    images, first_shape = [], None
+    for f in files:
+        with Image.open(f) as im:
+            arr = np.asarray(im.convert("L" if im.mode in ("L", "1", "I;16") else "RGB"))
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        if first_shape is None:
+            first_shape = arr.shape
+        elif arr.shape != first_shape:
+            raise ValueError(
+                f"dataset: mixed image shapes in folder {path}: {files[0].name} is "
+                f"{first_shape}, {f.name} is {arr.shape} (C, H, W); resize them to one shape"
+            )
+        images.append(arr)
+    return _to_unit_range(np.stack(images))
+
+
+def _load_npz(path: Path) -> Source:
+    with np.load(path) as z:
+        keys = list(z.keys())
+        key = "images" if "images" in keys else ("x" if "x" in keys else None)
+        if key is None:
+            if len(keys) != 1:
+                raise ValueError(f"dataset: {path} has keys {keys}; name the array 'images'")
+            key = keys[0]
+        arr = z[key]
+    if arr.ndim not in (2, 4):
+        raise ValueError(
+            f"dataset: {path}[{key}] has shape {arr.shape}; allowed: [N, C, H, W] or [N, D]"
+        )
+    if arr.dtype == np.uint8:
+        items = _to_unit_range(arr)
+    elif np.issubdtype(arr.dtype, np.floating):
+        items = arr.astype(np.float32)
+        _check_finite(items, f"npz {path}")
+        if arr.ndim == 4 and (items.min() < -1.0 - 1e-6 or items.max() > 1.0 + 1e-6):
+            raise ValueError(
+                f"dataset: {path}[{key}] float images must lie in [-1, 1] "
+                f"(found [{items.min():.3g}, {items.max():.3g}]); or store uint8"
+            )
+    else:
+        raise ValueError(f"dataset: {path}[{key}] has dtype {arr.dtype}; use uint8 or float")
+    if arr.ndim == 4 and arr.shape[1] not in (1, 3):
+        raise ValueError(f"dataset: {path}[{key}] has {arr.shape[1]} channels; use 1 or 3")
+    return Source(f"npz:{path}", items, "image" if arr.ndim == 4 else "vector")
