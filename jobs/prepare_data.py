@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+import _path  # noqa: F401  (keeps jobs/ from shadowing the sfbd package)
+
 from sfbd.data.prepare import PrepareConfig, prepare
 from sfbd.data.sources import DATASETS
 from sfbd.data.store import read_manifest

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+import _path  # noqa: F401  (keeps jobs/ from shadowing the sfbd package)
 import numpy as np
 
 

@@ -11,17 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-# This script shares its name with the package: keep its folder off the import path, and put
-# the project root first (under `ray job submit --working-dir .` that is the uploaded copy).
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(_here)] + [
-    p for p in sys.path if os.path.abspath(p or os.curdir) != _here
-]
+import _path  # noqa: F401, E402  (keeps jobs/ from shadowing the sfbd package)
 
 from sfbd.config import SFBDConfig, dump_config, load_config, preset_names  # noqa: E402
 

@@ -1,3 +1,4 @@
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,10 @@ def load_job(name: str):
     """Import jobs/<name>.py as a module (jobs/sfbd.py shares the package's name)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "jobs" / f"{name}.py"
+    jobs = Path(__file__).resolve().parents[1] / "jobs"
+    path = jobs / f"{name}.py"
+    if str(jobs) not in sys.path:
+        sys.path.append(str(jobs))  # for `import _path`, which then removes it again
     spec = importlib.util.spec_from_file_location(f"job_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -56,11 +56,14 @@ def prepare(config: PrepareConfig, log=print) -> Path:
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"out: {out} exists, is not empty and has no {MANIFEST}")
 
-    src = load_source(config.dataset, root=config.root, limit=config.limit, num=config.num,
-                      seed=config.seed)
+    src = load_source(
+        config.dataset, root=config.root, limit=config.limit, num=config.num, seed=config.seed
+    )
     clean_ids, noisy_ids = split_indices(len(src.items), config.clean_fraction, config.seed)
-    log(f"data: {src.name}: {len(src.items)} items of shape {src.item_shape}; "
-        f"{len(clean_ids)} clean, {len(noisy_ids)} noisy at tau={config.sigma}")
+    log(
+        f"data: {src.name}: {len(src.items)} items of shape {src.item_shape}; "
+        f"{len(clean_ids)} clean, {len(noisy_ids)} noisy at tau={config.sigma}"
+    )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -78,8 +81,10 @@ def prepare(config: PrepareConfig, log=print) -> Path:
             "tau": config.sigma,
             "seed": config.seed,
             "clean_fraction": config.clean_fraction,
-            "splits": {"clean": {"count": len(clean_ids), "shards": clean},
-                       "noisy": {"count": len(noisy_ids), "shards": noisy}},
+            "splits": {
+                "clean": {"count": len(clean_ids), "shards": clean},
+                "noisy": {"count": len(noisy_ids), "shards": noisy},
+            },
             "config": config.identity(),
         }
         write_manifest(tmp, manifest)

@@ -49,9 +49,15 @@ def check_dataset_spec(spec: str) -> None:
         raise ValueError(f"dataset: unknown dataset {spec!r}; allowed: {', '.join(DATASETS)}")
 
 
-def load_source(spec: str, root: str | os.PathLike | None = None, train: bool = True,
-                limit: int | None = None, num: int = 20000, seed: int = 0,
-                download: bool = True) -> Source:
+def load_source(
+    spec: str,
+    root: str | os.PathLike | None = None,
+    train: bool = True,
+    limit: int | None = None,
+    num: int = 20000,
+    seed: int = 0,
+    download: bool = True,
+) -> Source:
     """Load a data set by spec. `limit` keeps the first items; `num`/`seed` size the toy."""
     check_dataset_spec(spec)
     name, _, path = spec.partition(":")

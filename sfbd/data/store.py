@@ -6,8 +6,9 @@ Layout of a prepared directory:
     clean/part-00000.parquet columns `id` (int64), `x` (fixed_size_list<float32>[prod(shape)])
     noisy/part-00000.parquet the same columns; `x` holds y = x + tau * eps
 
-Shards are uncompressed and plain-encoded (no dictionary): the noisy items are incompressible anyway, and it keeps the bytes
-on disk the float32 bytes of the items, so a byte search can prove what was written.
+Shards are uncompressed and plain-encoded (no dictionary): the noisy items are
+incompressible anyway, and it keeps the bytes on disk the float32 bytes of the items, so a
+byte search can prove what was written.
 """
 
 from __future__ import annotations
@@ -48,14 +49,15 @@ def table_items(table: pa.Table, item_shape: tuple[int, ...]) -> tuple[np.ndarra
     return ids, flat.reshape(len(ids), *item_shape)
 
 
-def write_shards(directory: Path, ids: np.ndarray, items: np.ndarray,
-                 shard_size: int) -> list[dict]:
+def write_shards(
+    directory: Path, ids: np.ndarray, items: np.ndarray, shard_size: int
+) -> list[dict]:
     """Write `ids`/`items` as shards of at most `shard_size` rows; returns their records."""
     directory.mkdir(parents=True, exist_ok=True)
     records = []
     for k, start in enumerate(range(0, len(ids), shard_size)):
         name = f"part-{k:05d}.parquet"
-        table = items_table(ids[start:start + shard_size], items[start:start + shard_size])
+        table = items_table(ids[start : start + shard_size], items[start : start + shard_size])
         pq.write_table(table, directory / name, compression="none", use_dictionary=False)
         records.append({"file": name, "rows": table.num_rows, "sha256": _sha256(directory / name)})
     return records
@@ -96,12 +98,15 @@ def verify_split(directory: str | os.PathLike, split: str | None = None) -> None
             if not path.is_file():
                 raise FileNotFoundError(f"data: shard {path} listed in the manifest is missing")
             if _sha256(path) != shard["sha256"]:
-                raise ValueError(f"data: shard {path} does not match its manifest sha256 "
-                                 f"(changed or truncated); prepare the data again")
+                raise ValueError(
+                    f"data: shard {path} does not match its manifest sha256 "
+                    f"(changed or truncated); prepare the data again"
+                )
 
 
-def read_split(directory: str | os.PathLike, split: str,
-               verify: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def read_split(
+    directory: str | os.PathLike, split: str, verify: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """All of one split: (int64 ids, float32 items in their stored shape)."""
     if verify:
         verify_split(directory, split)
