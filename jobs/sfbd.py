@@ -9,7 +9,6 @@ denoise -> refit -> evaluate, driven by a Ray actor that resumes an interrupted 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -17,7 +16,8 @@ from pathlib import Path
 
 import _path  # noqa: F401, E402  (keeps jobs/ from shadowing the sfbd package)
 
-from sfbd.config import SFBDConfig, dump_config, load_config, preset_names  # noqa: E402
+from sfbd.config import load_config, preset_names  # noqa: E402
+from sfbd.run import check_resources, prepare_run_dir  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,64 +41,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="after the run, also train comparison models: noisy, all-clean (toy)",
     )
     return p.parse_args(argv)
-
-
-def check_resources(config: SFBDConfig, resources: dict) -> None:
-    """Fail before any work when the cluster cannot hold what the config asks for."""
-    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
-    t = config.train
-    if t.use_gpu and gpus < max(t.num_workers, 1):
-        raise ValueError(
-            f"config: train.use_gpu with train.num_workers = {t.num_workers} needs "
-            f"{max(t.num_workers, 1)} GPU(s); the cluster has {gpus:g}"
-        )
-    if t.num_workers * t.cpus_per_worker > cpus:
-        raise ValueError(
-            f"config: train.num_workers * train.cpus_per_worker = "
-            f"{t.num_workers * t.cpus_per_worker:g} CPUs; the cluster has {cpus:g}"
-        )
-    if config.denoise.cpus_per_actor > cpus:
-        raise ValueError(
-            f"config: denoise.cpus_per_actor = {config.denoise.cpus_per_actor:g}; "
-            f"the cluster has {cpus:g} CPUs"
-        )
-
-
-def prepare_run_dir(config: SFBDConfig, run_dir: Path, data: Path | None) -> Path:
-    """Resolve the data and the network shape, and write (or check) config.yaml."""
-    from sfbd.data.prepare import PrepareConfig, prepare
-    from sfbd.data.store import read_manifest, verify_split
-    from sfbd.orchestrator import CONFIG
-
-    if data is None:
-        data = run_dir / "data"
-        prepare(
-            PrepareConfig(**dataclasses.asdict(config.data), out=str(data)),
-            log=lambda m: print(f"[sfbd] {m}", flush=True),
-        )
-    manifest = read_manifest(data)
-    verify_split(data)
-    shape = manifest["item_shape"]
-    config.network.channels = shape[0]
-    if len(shape) == 3:
-        if shape[1] != shape[2]:
-            raise ValueError(f"data: {data} holds {shape[1]}x{shape[2]} images; need square ones")
-        config.network.resolution = shape[1]
-    elif config.network.preset != "mlp":
-        raise ValueError(
-            f"config: network.preset = {config.network.preset!r} cannot model "
-            f"vectors of shape {shape}; use mlp"
-        )
-    config.network.validate()
-    text = dump_config(config)
-    path = run_dir / CONFIG
-    if path.is_file() and path.read_text() != text:
-        raise ValueError(
-            f"run-dir: {run_dir} holds a run with a different config.yaml; "
-            f"use another --run-dir (or the same settings to resume)"
-        )
-    path.write_text(text)
-    return data
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ def _all_clean_set(run_dir: Path, data_dir: Path, config: SFBDConfig) -> Path:
 
 def run_baseline(kind: str, run_dir: Path, data_dir: Path, config: SFBDConfig) -> dict:
     """Train and evaluate one baseline; a completed one is read back, not redone."""
-    from sfbd.stages.evaluate import evaluate
+    from sfbd.stages.evaluate import compute_metrics, generate_with_ray
     from sfbd.stages.refit import run_train
 
     if kind not in KINDS:
@@ -66,10 +66,19 @@ def run_baseline(kind: str, run_dir: Path, data_dir: Path, config: SFBDConfig) -
         )
     else:
         summary = {"kimg": kimg}
+    samples = generate_with_ray(ckpt, config.eval)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    task = ray.remote(evaluate).options(num_cpus=1, num_gpus=gpus)
+    task = ray.remote(compute_metrics).options(num_cpus=1, num_gpus=gpus)
     record = ray.get(
-        task.remote(run_dir / "grids", f"baseline_{kind}", data_dir, ckpt, config.eval)
+        task.remote(
+            run_dir / "grids",
+            f"baseline_{kind}",
+            data_dir,
+            samples,
+            config.eval,
+            None,
+            run_dir / "cache",
+        )
     )
     row = {"baseline": kind, "kimg": kimg, "train_loss": summary.get("loss"), **record}
     write_json_atomic(result_path, row)

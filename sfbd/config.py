@@ -80,6 +80,11 @@ class EvalConfig:
     # Reference set of the distance: "clean" (the clean set), "test" (the held-out split of
     # data.dataset: cifar10, fashion-mnist, mnist) or "npz:PATH". The toy uses true samples.
     reference: str = "clean"
+    metric: str = "swd"  # swd (pixels), fid (Inception), fd (feature_net)
+    feature_net: str | None = None  # TorchScript feature extractor, for metric fd
+    inception_weights: str | None = None  # pt_inception-2015-12-05-6726825d.pth; None: hub
+    reference_stats: str | None = None  # .npz with mu, sigma (fid / fd); None: from reference
+    memorization_threshold: float | None = None  # RMS pixel distance counted as a copy
 
 
 @dataclass
@@ -134,6 +139,17 @@ class SFBDConfig:
                 f"config: eval.reference = test needs data.dataset cifar10, "
                 f"fashion-mnist or mnist (got {self.data.dataset!r})"
             )
+        if self.eval.metric not in ("swd", "fid", "fd"):
+            raise ValueError(f"config: eval.metric = {self.eval.metric!r}; allowed: swd, fid, fd")
+        if self.eval.metric == "fd" and not self.eval.feature_net:
+            raise ValueError(
+                "config: eval.metric = fd needs eval.feature_net (a TorchScript "
+                "file, e.g. from jobs/train_classifier.py)"
+            )
+        for key in ("feature_net", "inception_weights", "reference_stats"):
+            path = getattr(self.eval, key)
+            if path and not Path(path).is_file():
+                raise FileNotFoundError(f"config: eval.{key} = {path} does not exist")
         w = self.train.clean_weight
         if w is not None and not 0 < w <= 1:
             raise ValueError(f"config: train.clean_weight = {w}; must lie in (0, 1] or be null")

@@ -11,7 +11,7 @@ Run directory:
     checkpoints/iter_000.pt    EMA denoiser after pretraining; iter_{k:03d}.pt after iteration k
     denoised/iter_{k:03d}/     denoised noisy set of iteration k (Parquet, id + x) + _COMPLETE.json
     grids/                     iter_{k:03d}_samples.png, _denoised.png (toy: _points.png)
-    metrics.jsonl              one JSON object per evaluation
+    metrics.jsonl              one JSON object per evaluation; metrics.png: metric per iteration
     train/                     Ray Train storage: per stage its checkpoints (resume points)
 """
 
@@ -139,22 +139,24 @@ class Orchestrator:
         }
 
     def _evaluate(self, k: int) -> dict:
-        from sfbd.stages.evaluate import evaluate
+        from sfbd.stages.evaluate import compute_metrics, generate_with_ray
+        from sfbd.viz import save_metric_plot
 
         c = self.config.eval
+        samples = generate_with_ray(self.ckpt(k), c)
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        task = ray.remote(_evaluate_task).options(
+        task = ray.remote(compute_metrics).options(
             num_cpus=1, num_gpus=gpus, name=f"evaluate_{k:03d}"
         )
         record = ray.get(
             task.remote(
-                evaluate,
                 self.run_dir / "grids",
                 f"iter_{k:03d}",
                 self.data_dir,
-                self.ckpt(k),
+                samples,
                 c,
                 self.denoised(k) if k > 0 else None,
+                self.run_dir / "cache",
             )
         )
         done = self.state["completed"]
@@ -175,6 +177,7 @@ class Orchestrator:
         with open(self.run_dir / METRICS, "a") as f:
             f.write(json.dumps(row) + "\n")
         metric = row["metric"]
+        save_metric_plot(read_metrics(self.run_dir), metric, self.run_dir / "metrics.png")
         self._log(f"evaluate {k:03d}: {metric} = {row[metric]:.4f}")
         return {"metric": metric, metric: row[metric]}
 
@@ -191,42 +194,48 @@ class Orchestrator:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def run(self) -> dict:
-        """Run every unfinished stage in order; return the state and the metrics."""
+    def run(self, on_evaluate=None) -> dict:
+        """Run every unfinished stage in order; return the state and the metrics.
+
+        `on_evaluate(row)` is called with the metrics row of every evaluation in order, also
+        for evaluations finished before a resume (a Tune trial reports through it)."""
         names = stage_names(self.config.iterations)
-        if self.state.get("finished"):
-            self._log(f"run {self.run_dir} already finished; nothing to do")
-            return self.summary()
         for i, name in enumerate(names):
-            if name in self.state["completed"] and self._output_exists(name):
-                continue
-            if name.startswith("evaluate") and self._output_exists(name):
-                # The record was appended but the state not saved: keep the record.
-                k = int(name.partition("_")[2])
-                row = [r for r in read_metrics(self.run_dir) if r["iteration"] == k][-1]
-                self.state["completed"][name] = {
-                    "metric": row["metric"],
-                    row["metric"]: row[row["metric"]],
-                    "seconds": 0.0,
-                    "recovered": True,
-                }
+            if not (name in self.state["completed"] and self._output_exists(name)):
+                if name.startswith("evaluate") and self._output_exists(name):
+                    # The record was appended but the state not saved: keep the record.
+                    row = self._metrics_row(name)
+                    self.state["completed"][name] = {
+                        "metric": row["metric"],
+                        row["metric"]: row[row["metric"]],
+                        "seconds": 0.0,
+                        "recovered": True,
+                    }
+                else:
+                    self._log(f"stage {i + 1}/{len(names)}: {name}")
+                    self.state["current"] = name
+                    self._save_state()
+                    t0 = time.time()
+                    result = self._run_stage(name)
+                    self.state["completed"][name] = {
+                        **result,
+                        "seconds": result.get("seconds", time.time() - t0),
+                        "wall_seconds": time.time() - t0,
+                    }
+                    self.state["current"] = None
                 self._save_state()
-                continue
-            self._log(f"stage {i + 1}/{len(names)}: {name}")
-            self.state["current"] = name
+            if on_evaluate is not None and name.startswith("evaluate"):
+                on_evaluate(self._metrics_row(name))
+        if not self.state.get("finished"):
+            self.state["finished"] = True
             self._save_state()
-            t0 = time.time()
-            result = self._run_stage(name)
-            self.state["completed"][name] = {
-                **result,
-                "seconds": result.get("seconds", time.time() - t0),
-                "wall_seconds": time.time() - t0,
-            }
-            self.state["current"] = None
-            self._save_state()
-        self.state["finished"] = True
-        self._save_state()
+        else:
+            self._log(f"run {self.run_dir} already finished; nothing to do")
         return self.summary()
+
+    def _metrics_row(self, name: str) -> dict:
+        k = int(name.partition("_")[2])
+        return [r for r in read_metrics(self.run_dir) if r["iteration"] == k][-1]
 
     def summary(self) -> dict:
         return {
@@ -234,14 +243,6 @@ class Orchestrator:
             "state": self.state,
             "metrics": read_metrics(self.run_dir),
         }
-
-
-def _evaluate_task(fn, grids, name, data_dir, checkpoint, config, denoised_dir):
-    if config.threads > 0:
-        import torch
-
-        torch.set_num_threads(config.threads)
-    return fn(grids, name, data_dir, checkpoint, config, denoised_dir)
 
 
 def start(run_dir: Path, data_dir: Path):

@@ -52,6 +52,91 @@ def save_scatter(
     _save(np.concatenate(panels[:-1], axis=1)[..., None], path)
 
 
+def save_metric_plot(rows: list[dict], metric: str, path: Path, size=(480, 320)) -> None:
+    """A line plot of `metric` against `iteration` (axes, ticks and values drawn with PIL)."""
+    from PIL import ImageDraw
+
+    pts = [(r["iteration"], r[metric]) for r in rows if metric in r]
+    if not pts:
+        return
+    w, h = size
+    left, right, top, bottom = 60, 20, 30, 40
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    x0, x1 = min(xs), max(max(xs), min(xs) + 1)
+    lo, hi = min(ys), max(ys)
+    pad = (hi - lo) * 0.1 or abs(hi) * 0.1 or 1.0
+    lo, hi = lo - pad, hi + pad
+
+    def to_px(x, y):
+        return (
+            left + (x - x0) / (x1 - x0) * (w - left - right),
+            top + (hi - y) / (hi - lo) * (h - top - bottom),
+        )
+
+    draw.rectangle([left, top, w - right, h - bottom], outline="black")
+    for x in range(x0, x1 + 1):
+        px = to_px(x, lo)[0]
+        draw.line([px, h - bottom, px, h - bottom + 4], fill="black")
+        draw.text((px - 3, h - bottom + 6), str(x), fill="black")
+    for frac in (0.0, 0.5, 1.0):
+        y = lo + pad + frac * (hi - lo - 2 * pad)
+        py = to_px(x0, y)[1]
+        draw.text((4, py - 6), f"{y:.4g}", fill="black")
+    draw.line([to_px(x, y) for x, y in pts], fill=(200, 30, 30), width=2)
+    for x, y in pts:
+        cx, cy = to_px(x, y)
+        draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=(200, 30, 30))
+    draw.text((left, 8), f"{metric} by iteration", fill="black")
+    draw.text((w // 2 - 20, h - 16), "iteration", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    img.save(tmp)
+    tmp.replace(path)
+
+
+def save_heatmap(rows: list[dict], path: Path, cell: int = 90) -> None:
+    """Final metric over (clean_fraction rows x sigma columns), darker = lower (better)."""
+    from PIL import ImageDraw
+
+    fracs = sorted({r["clean_fraction"] for r in rows})
+    sigmas = sorted({r["sigma"] for r in rows})
+    values = {(r["clean_fraction"], r["sigma"]): r["final_metric"] for r in rows}
+    name = rows[0]["metric_name"] if rows else "metric"
+    left, top = 90, 40
+    img = Image.new(
+        "RGB",
+        (left + cell * max(len(sigmas), 1) + 10, top + cell * max(len(fracs), 1) + 30),
+        "white",
+    )
+    draw = ImageDraw.Draw(img)
+    lo, hi = (min(values.values()), max(values.values())) if values else (0.0, 1.0)
+    for i, f in enumerate(fracs):
+        draw.text((4, top + i * cell + cell // 2 - 6), f"clean {f:g}", fill="black")
+        for j, s in enumerate(sigmas):
+            box = [
+                left + j * cell,
+                top + i * cell,
+                left + (j + 1) * cell - 2,
+                top + (i + 1) * cell - 2,
+            ]
+            v = values.get((f, s))
+            if v is None:
+                draw.rectangle(box, outline="gray")
+                continue
+            shade = int(60 + 180 * ((v - lo) / (hi - lo) if hi > lo else 0.5))
+            draw.rectangle(box, fill=(shade, shade, 255))
+            draw.text((box[0] + 8, box[1] + cell // 2 - 6), f"{v:.4g}", fill="black")
+    for j, s in enumerate(sigmas):
+        draw.text((left + j * cell + 8, top + len(fracs) * cell + 8), f"sigma {s:g}", fill="black")
+    draw.text((4, 8), f"final {name} (lower is better)", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    img.save(tmp)
+    tmp.replace(path)
+
+
 def _save(canvas: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = "L" if canvas.shape[-1] == 1 else "RGB"

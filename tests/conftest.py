@@ -48,6 +48,15 @@ def ray_cluster():
     ray.shutdown()
 
 
+def load_module(path: Path, name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_job(name: str):
     """Import jobs/<name>.py as a module (jobs/sfbd.py shares the package's name)."""
     import importlib.util

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from conftest import load_job
 
 from sfbd.data.store import read_split
@@ -83,6 +84,10 @@ def test_tiny_image_run_with_two_ddp_workers(ray_cluster, tmp_path, tiny_images)
         == 0
     )
     run = tmp_path / "run"
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten())
+    feature_net = tmp_path / "features.pt"
+    torch.jit.script(net).save(str(feature_net))
     sets = [
         "iterations=2",
         "network.preset=tiny",
@@ -97,6 +102,10 @@ def test_tiny_image_run_with_two_ddp_workers(ray_cluster, tmp_path, tiny_images)
         "eval.num_samples=16",
         "eval.steps=4",
         "eval.grid=4",
+        "eval.reference=clean",
+        "eval.metric=fd",
+        f"eval.feature_net={feature_net}",
+        "eval.memorization_threshold=0.1",
     ]
     args = [
         "--config",
@@ -129,6 +138,10 @@ def test_tiny_image_run_with_two_ddp_workers(ray_cluster, tmp_path, tiny_images)
     rows = read_metrics(run)
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     assert rows[1]["denoised"]["count"] == 360 and "denoise" in rows[1]["seconds"]
+    assert all(r["metric"] == "fd" and "features.pt" in r["feature_net"] for r in rows)
+    assert all(r["fd"] >= 0 for r in rows)
+    assert set(rows[2]["memorization"]) == {"threshold", "clean", "denoised"}
+    assert (run / "metrics.png").is_file() and (run / "grids" / "iter_002_closest.png").is_file()
 
     sample = load_job("sample")
     out = tmp_path / "s.npz"

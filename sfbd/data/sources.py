@@ -123,6 +123,36 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, 1, rows, cols)
 
 
+def _read_idx_labels(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    magic, n = struct.unpack(">II", data[:8])
+    if magic != 2049:
+        raise ValueError(f"dataset: {path} is not an idx label file (magic {magic})")
+    return np.frombuffer(data, dtype=np.uint8, offset=8).astype(np.int64)
+
+
+def load_labelled(
+    name: str, root: str | os.PathLike | None = None, train: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(images in [-1, 1], int64 labels) of fashion-mnist or mnist, for feature networks."""
+    if name not in ("fashion-mnist", "mnist"):
+        raise ValueError(f"dataset: labelled data sets are fashion-mnist and mnist, not {name!r}")
+    tv_name = "FashionMNIST" if name == "fashion-mnist" else "MNIST"
+    images = _load_mnist_family(tv_name, Path(root) if root else None, train, True)
+    stem = "train-labels-idx1-ubyte" if train else "t10k-labels-idx1-ubyte"
+    dirs = [Path(root), Path(root) / tv_name / "raw"] if root else []
+    if tv_name == "FashionMNIST":
+        dirs.append(DEBIAN_FASHION_MNIST)
+    dirs.append(DEFAULT_ROOT / tv_name / "raw")
+    for d in dirs:
+        for f in (d / (stem + ".gz"), d / stem):
+            if f.is_file():
+                return images, _read_idx_labels(f)
+    raise FileNotFoundError(f"dataset: {stem}(.gz) for {name} not found in {dirs}")
+
+
 def _find_idx(directory: Path, train: bool) -> Path | None:
     stem = "train-images-idx3-ubyte" if train else "t10k-images-idx3-ubyte"
     for name in (stem + ".gz", stem):

@@ -43,6 +43,22 @@ def load_items(directory: str, item_shape: tuple[int, ...]) -> np.ndarray:
     return x[np.argsort(ids)]
 
 
+def latest_state(stage_dir: Path) -> dict | None:
+    """The newest readable train state among a stage's reported checkpoints, if any.
+
+    Ray Train V2 restores a run started again under the same name, but only from what its
+    controller had recorded; reading the checkpoint folders themselves also covers a driver
+    killed between a checkpoint's upload and that record. Unreadable (partly written)
+    checkpoints are skipped.
+    """
+    for d in sorted(stage_dir.glob("checkpoint_*"), reverse=True):
+        try:
+            return torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
+        except Exception:
+            continue
+    return None
+
+
 def _step_seed(seed: int, stage: str, rank: int, step: int) -> int:
     digest = hashlib.blake2b(f"{seed}/{stage}/{rank}/{step}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
@@ -63,9 +79,12 @@ def train_loop_per_worker(cfg: dict) -> None:
 
     checkpoint = ray.train.get_checkpoint()
     resume_state = None
-    if checkpoint is not None:
+    if checkpoint is not None:  # a worker restarted by FailureConfig
         with checkpoint.as_directory() as d:
             resume_state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    else:  # a restarted driver: the stage's own storage folder
+        resume_state = latest_state(Path(cfg["storage"]))
+    if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         if rank == 0:
             print(
@@ -103,6 +122,23 @@ def train_loop_per_worker(cfg: dict) -> None:
     log_every = int(train.log_kimg * 1000)
     losses: list[float] = []
     t_last, images_last = time.time(), images_seen
+
+    def report(loss_value: float) -> None:
+        """Every rank reports; rank 0 attaches the checkpoint (model, EMA, optimizer)."""
+        metrics = {"kimg": images_seen / 1000, "loss": loss_value, "images_seen": images_seen}
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        state = {
+            "model": model.state_dict(),
+            "ema": ema.model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "images_seen": images_seen,
+            "loss": loss_value,
+        }
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state, Path(d) / STATE_FILE)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
 
     while images_seen < total_images:
         step = images_seen // train.batch_size
@@ -153,25 +189,9 @@ def train_loop_per_worker(cfg: dict) -> None:
             t_last, images_last = time.time(), images_seen
         crossed = images_seen // ckpt_every > (images_seen - train.batch_size) // ckpt_every
         if crossed or done:
-            metrics = {
-                "kimg": images_seen / 1000,
-                "loss": float(np.mean(losses[-50:])),
-                "images_seen": images_seen,
-            }
-            if rank == 0:
-                with tempfile.TemporaryDirectory() as d:
-                    torch.save(
-                        {
-                            "model": model.state_dict(),
-                            "ema": ema.model.state_dict(),
-                            "optimizer": opt.state_dict(),
-                            "images_seen": images_seen,
-                        },
-                        Path(d) / STATE_FILE,
-                    )
-                    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
-            else:
-                ray.train.report(metrics)
+            report(float(np.mean(losses[-50:])))
+    if not losses:  # resumed from a state that had already finished: report it once more
+        report(float(resume_state.get("loss", float("nan"))))
 
 
 def run_train(
@@ -202,6 +222,7 @@ def run_train(
             "stage": stage,
             "seed": seed,
             "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
+            "storage": str((storage / stage).resolve()),
         },
         scaling_config=ScalingConfig(
             num_workers=train.num_workers,

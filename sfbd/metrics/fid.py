@@ -1,0 +1,99 @@
+"""FID with pytorch-fid's InceptionV3 (pool3, 2048-d) and its standard weights.
+
+The weights come from an explicit file, or torch hub's cache
+(`$TORCH_HOME/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth`), or a download; when
+none works, the error says where to put the file. Grayscale images are replicated to 3
+channels; images in [-1, 1] are mapped to [0, 1], which pytorch-fid resizes to 299 px and
+normalises itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+from pytorch_fid import inception as pf_inception
+
+from sfbd.metrics.frechet import extract_features, feature_stats
+
+WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
+
+
+def hub_weights_path() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_NAME
+
+
+def build_inception(
+    weights: str | Path | None = None, download: bool = True, device: torch.device | str = "cpu"
+) -> pf_inception.InceptionV3:
+    """pytorch-fid's FID InceptionV3, from `weights`, the hub cache, or a download."""
+    path = Path(weights) if weights else hub_weights_path()
+    if weights and not path.is_file():
+        raise FileNotFoundError(f"FID: Inception weights file {path} does not exist")
+    if path.is_file():
+
+        def from_file(*_args, **_kwargs):
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+        with mock.patch.object(pf_inception, "load_state_dict_from_url", from_file):
+            model = pf_inception.InceptionV3([3])
+    elif not download:
+        raise FileNotFoundError(_missing_message(path, "downloads are off"))
+    else:
+        try:
+            model = pf_inception.InceptionV3([3])
+        except Exception as exc:
+            raise FileNotFoundError(_missing_message(path, f"download failed: {exc}")) from exc
+    return model.to(device).eval()
+
+
+def _missing_message(path: Path, why: str) -> str:
+    return (
+        f"FID: Inception weights not found ({why}); put {WEIGHTS_NAME} (from pytorch-fid's "
+        f"release fid_weights) at {path} or pass its path as eval.inception_weights"
+    )
+
+
+def inception_feature_fn(model: pf_inception.InceptionV3):
+    """images [B, C, H, W] in [-1, 1] (C = 1 or 3) -> pool3 features [B, 2048]."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        return model(((x + 1) / 2).clamp(0, 1))[0].flatten(1)
+
+    return fn
+
+
+def reference_stats(
+    images: np.ndarray, feature_fn, cache_dir: Path | None, key: str, batch_size: int = 200
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of a reference image set, computed once and cached as `<key>-<hash>.npz`."""
+    digest = hashlib.sha256(
+        np.ascontiguousarray(images[:: max(1, len(images) // 64)]).tobytes()
+    ).hexdigest()[:16]
+    path = cache_dir / f"{key}-{len(images)}-{digest}.npz" if cache_dir else None
+    if path is not None and path.is_file():
+        with np.load(path) as z:
+            return z["mu"], z["sigma"]
+    mu, sigma = feature_stats(extract_features(feature_fn, images, batch_size))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, mu=mu, sigma=sigma)
+        tmp.replace(path)
+    return mu, sigma
+
+
+def load_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Precomputed statistics: an `.npz` with `mu` and `sigma` (the usual FID stats files)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"FID: statistics file {path} does not exist")
+    with np.load(path) as z:
+        if "mu" not in z or "sigma" not in z:
+            raise ValueError(f"FID: {path} needs arrays mu and sigma (has {list(z.keys())})")
+        return z["mu"], z["sigma"]

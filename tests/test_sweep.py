@@ -1,0 +1,106 @@
+"""A 2 x 2 Ray Tune sweep on the toy: table, heatmap, early reports, and resume."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import load_module
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "iterations=1",
+    "train.pretrain_kimg=20",
+    "train.refit_kimg=20",
+    "train.checkpoint_kimg=10",
+    "eval.num_samples=2000",
+    "denoise.steps=4",
+]
+
+
+def _args(out, address):
+    args = [
+        "--config",
+        "toy2d",
+        "--clean-fractions",
+        "0.02,0.2",
+        "--sigmas",
+        "0.3,0.59",
+        "--out",
+        str(out),
+        "--address",
+        address,
+    ]
+    return args + [a for s in SMALL for a in ("--set", s)]
+
+
+def _rows(out):
+    with open(out / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_resumes_after_interruption_and_writes_table_and_heatmap(ray_cluster, tmp_path):
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, str(ROOT / "tuning" / "sweep.py")] + _args(out, ray_cluster)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    # Interrupt once the first trial has finished its whole run.
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        if any(
+            (d / "state.json").is_file() and '"finished": true' in (d / "state.json").read_text()
+            for d in (out / "trials").glob("cf*")
+        ):
+            break
+        assert proc.poll() is None, "the sweep ended before its first trial finished"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished_first = [
+        d.name
+        for d in (out / "trials").glob("cf*")
+        if '"finished": true' in (d / "state.json").read_text()
+    ]
+    assert finished_first and not (out / "results.csv").exists()
+    stamps = {
+        n: (out / "trials" / n / "checkpoints" / "iter_001.pt").stat().st_mtime_ns
+        for n in finished_first
+    }
+
+    sweep = load_module(ROOT / "tuning" / "sweep.py", "sweep")
+    assert sweep.main(_args(out, ray_cluster)) == 0
+    rows = _rows(out)
+    assert sorted((float(r["clean_fraction"]), float(r["sigma"])) for r in rows) == [
+        (0.02, 0.3),
+        (0.02, 0.59),
+        (0.2, 0.3),
+        (0.2, 0.59),
+    ]
+    assert all(r["metric_name"] == "swd_true" and int(r["iterations_done"]) == 1 for r in rows)
+    assert (out / "heatmap.png").stat().st_size > 0
+    # The trial that had finished before the interruption was not trained again.
+    for name, stamp in stamps.items():
+        assert (out / "trials" / name / "checkpoints" / "iter_001.pt").stat().st_mtime_ns == stamp
+    print("sweep table:", [(r["clean_fraction"], r["sigma"], r["final_metric"]) for r in rows])
+
+
+def test_sweep_rejects_bad_values(tmp_path, capsys):
+    sweep = load_module(ROOT / "tuning" / "sweep.py", "sweep")
+    assert (
+        sweep.main(
+            ["--config", "toy2d", "--clean-fractions", "0,0.5", "--out", str(tmp_path / "s")]
+        )
+        == 2
+    )
+    assert "--clean-fractions" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
