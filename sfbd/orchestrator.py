@@ -194,11 +194,8 @@ class Orchestrator:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def run(self, on_evaluate=None) -> dict:
-        """Run every unfinished stage in order; return the state and the metrics.
-
-        `on_evaluate(row)` is called with the metrics row of every evaluation in order, also
-        for evaluations finished before a resume (a Tune trial reports through it)."""
+    def run(self) -> dict:
+        """Run every unfinished stage in order; return the state and the metrics."""
         names = stage_names(self.config.iterations)
         for i, name in enumerate(names):
             if not (name in self.state["completed"] and self._output_exists(name)):
@@ -224,8 +221,6 @@ class Orchestrator:
                     }
                     self.state["current"] = None
                 self._save_state()
-            if on_evaluate is not None and name.startswith("evaluate"):
-                on_evaluate(self._metrics_row(name))
         if not self.state.get("finished"):
             self.state["finished"] = True
             self._save_state()
@@ -246,7 +241,14 @@ class Orchestrator:
 
 
 def start(run_dir: Path, data_dir: Path):
-    """The orchestrator actor for a run directory: named, reserving no CPU."""
+    """The orchestrator actor for a run directory: named, reserving no CPU, and never inside
+    the caller's placement group (a Tune trial's), so its stages get the cluster's resources."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
     name = f"sfbd-orchestrator:{run_dir.resolve()}"
     actor_cls = ray.remote(num_cpus=0, max_restarts=0)(Orchestrator)
-    return actor_cls.options(name=name, namespace="sfbd").remote(str(run_dir), str(data_dir))
+    return actor_cls.options(
+        name=name,
+        namespace="sfbd",
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
+    ).remote(str(run_dir), str(data_dir))

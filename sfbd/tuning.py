@@ -16,9 +16,10 @@ def trial_dir(root: str, clean_fraction: float, sigma: float) -> Path:
 
 def run_trial(params: dict) -> None:
     """Tune function trainable: one whole SFBD run for (clean_fraction, sigma)."""
+    import ray
     import ray.tune
 
-    from sfbd.orchestrator import Orchestrator
+    from sfbd.orchestrator import read_metrics, start
     from sfbd.run import prepare_run_dir
 
     base = dict(params["base"])
@@ -32,18 +33,28 @@ def run_trial(params: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     data = prepare_run_dir(config, run_dir, None)
 
-    def report(row: dict) -> None:
-        metric = row["metric"]
-        ray.tune.report(
-            {
-                "iteration": row["iteration"],
-                "metric": row[metric],
-                "metric_name": metric,
-                "run_dir": str(run_dir),
-            }
-        )
-
-    Orchestrator(str(run_dir), str(data)).run(on_evaluate=report)
+    # The loop runs in an orchestrator actor outside the trial's placement group; the trial
+    # forwards every metrics row (also those of stages finished before a resume) to Tune.
+    actor = start(run_dir, data)
+    ref = actor.run.remote()
+    reported = 0
+    while True:
+        done, _ = ray.wait([ref], timeout=1.0)
+        rows = read_metrics(run_dir)
+        for row in rows[reported:]:
+            metric = row["metric"]
+            ray.tune.report(
+                {
+                    "iteration": row["iteration"],
+                    "metric": row[metric],
+                    "metric_name": metric,
+                    "run_dir": str(run_dir),
+                }
+            )
+        reported = len(rows)
+        if done:
+            ray.get(ref)
+            return
 
 
 def write_results(rows: list[dict], out: Path) -> None:

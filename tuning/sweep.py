@@ -76,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(a.out or f"runs/sweep-{config.name}").resolve()
     storage, name = out / "tune", "sweep"
-    trainable = tune.with_resources(run_trial, {"cpu": a.trial_cpus, "gpu": a.trial_gpus})
+    # A trial's driver only waits on its orchestrator: by default it reserves a little memory
+    # and no CPU, leaving every CPU to the stages (Tune needs some resource in a bundle).
+    trial_resources = {"cpu": a.trial_cpus, "gpu": a.trial_gpus, "memory": 64 * 2**20}
+    trainable = tune.with_resources(run_trial, trial_resources)
     if tune.Tuner.can_restore(str(storage / name)):
         print(f"[sweep] resuming {storage / name}", flush=True)
         tuner = tune.Tuner.restore(str(storage / name), trainable=trainable, resume_errored=True)

@@ -78,7 +78,7 @@ class SampleBatch:
         self.shape, self.steps, self.seed = item_shape(net_cfg), steps, seed
 
     def __call__(self, batch: dict) -> dict:
-        ids = batch["id"]
+        ids = batch["data"]
         x = sample_batch(self.denoiser, ids, self.shape, self.steps, self.seed, self.device)
         return {"id": ids, "x": x.reshape(len(ids), -1)}
 
@@ -89,7 +89,8 @@ def generate_with_ray(checkpoint: Path, config: EvalConfig) -> np.ndarray:
 
     gpus = ray.cluster_resources().get("GPU", 0)
     res = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": 1}
-    ds = ray.data.range(config.num_samples).map_batches(
+    # Ids from the object store (no read tasks that would compete for CPUs with the actors).
+    ds = ray.data.from_numpy(np.arange(config.num_samples)).map_batches(
         SampleBatch,
         fn_constructor_kwargs=dict(
             checkpoint=str(checkpoint), steps=config.steps, seed=config.seed, threads=config.threads
