@@ -91,20 +91,9 @@ def sample_heun(
     generator: Generator = None,
     callback: Callback = None,
 ) -> torch.Tensor:
-    """Probability-flow ODE with Heun steps (Karras et al. 2022, Algorithm 1)."""
-    for i in range(len(sigmas) - 1):
-        t_cur, t_next = sigmas[i], sigmas[i + 1]
-        # Euler step.
-        d_cur = (x - _denoise(denoiser, x, t_cur)) / t_cur
-        x_next = x + (t_next - t_cur) * d_cur
-        # Apply 2nd order correction.
-        if t_next > 0:
-            d_prime = (x_next - _denoise(denoiser, x_next, t_next)) / t_next
-            x_next = x + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
-        x = x_next
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": t_cur, "sigma_next": t_next})
-    return x
+    """Probability-flow ODE with Heun steps (Karras et al. 2022, Algorithm 1): EDM's sampler
+    without churn."""
+    return sample_edm(denoiser, x, sigmas, generator=generator, callback=callback, S_churn=0.0)
 
 
 def sample_sde_heun(
