@@ -41,14 +41,18 @@ def nearest_neighbours(
     return NearestNeighbours((best / dim**0.5).numpy(), arg.numpy())
 
 
-def memorization_report(samples: np.ndarray, sets: dict[str, np.ndarray], threshold: float) -> dict:
-    """Per training set: fraction of samples nearer than `threshold`, and distance quantiles."""
-    out = {"threshold": threshold}
+def memorization_report(
+    samples: np.ndarray, sets: dict[str, np.ndarray], threshold: float
+) -> tuple[dict, dict[str, NearestNeighbours]]:
+    """Per training set: fraction of samples nearer than `threshold`, and distance quantiles;
+    also the nearest neighbours themselves (for pictures of the closest pairs)."""
+    out: dict = {"threshold": threshold}
+    found = {}
     for name, train in sets.items():
-        nn = nearest_neighbours(samples, train)
+        nn = found[name] = nearest_neighbours(samples, train)
         out[name] = {
             "fraction_copies": nn.fraction_below(threshold),
             "min": float(nn.distance.min()),
             "median": float(np.median(nn.distance)),
         }
-    return out
+    return out, found

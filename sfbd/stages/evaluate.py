@@ -29,7 +29,7 @@ from sfbd.data.store import read_manifest, read_split, shard_paths, table_items
 from sfbd.diffusion.networks import NetworkConfig, load_denoiser
 from sfbd.diffusion.samplers import generate
 from sfbd.metrics.distances import sliced_wasserstein
-from sfbd.metrics.memorization import memorization_report, nearest_neighbours
+from sfbd.metrics.memorization import memorization_report
 from sfbd.viz import save_grid, save_pairs, save_scatter
 
 
@@ -198,9 +198,11 @@ def compute_metrics(
     if config.memorization_threshold is not None:
         clean = read_split(data_dir, "clean")[1]
         sets = {"clean": clean} if denoised is None else {"clean": clean, "denoised": denoised}
-        record["memorization"] = memorization_report(samples, sets, config.memorization_threshold)
+        record["memorization"], found = memorization_report(
+            samples, sets, config.memorization_threshold
+        )
         if len(shape) == 3 and config.grid:
-            nn = nearest_neighbours(samples, clean)
+            nn = found["clean"]
             closest = np.argsort(nn.distance)[: config.grid]
             save_pairs(
                 samples[closest],
