@@ -112,24 +112,25 @@ def _check_finite(items: np.ndarray, what: str) -> None:
         raise ValueError(f"dataset: {what} has NaN or infinite values (first at item {bad})")
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def _read_idx_file(path: Path, magic: int, what: str) -> tuple[bytes, int]:
+    """The raw bytes of an idx file (gz or plain) and its item count, after the magic check."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         data = f.read()
-    magic, n = struct.unpack(">II", data[:8])
-    if magic != 2051:
-        raise ValueError(f"dataset: {path} is not an idx image file (magic {magic})")
+    found, n = struct.unpack(">II", data[:8])
+    if found != magic:
+        raise ValueError(f"dataset: {path} is not an idx {what} file (magic {found})")
+    return data, n
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    data, n = _read_idx_file(path, 2051, "image")
     rows, cols = struct.unpack(">II", data[8:16])
     return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, 1, rows, cols)
 
 
 def _read_idx_labels(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    magic, n = struct.unpack(">II", data[:8])
-    if magic != 2049:
-        raise ValueError(f"dataset: {path} is not an idx label file (magic {magic})")
+    data, _ = _read_idx_file(path, 2049, "label")
     return np.frombuffer(data, dtype=np.uint8, offset=8).astype(np.int64)
 
 
