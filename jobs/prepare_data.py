@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     try:
         out = prepare(config)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     m = read_manifest(out)

@@ -12,12 +12,12 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import _path  # noqa: F401, E402  (keeps jobs/ from shadowing the sfbd package)
 
 from sfbd.config import load_config, preset_names  # noqa: E402
 from sfbd.run import check_resources, prepare_run_dir  # noqa: E402
+from sfbd.storage import Location  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,8 +25,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--config", required=True, help=f"a preset ({', '.join(preset_names())}) or a YAML file"
     )
-    p.add_argument("--data", default=None, help="a prepared data directory (prepare_data.py)")
-    p.add_argument("--run-dir", default=None, help="default: runs/<config name>")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="prepared data (prepare_data.py): a path or a URI such as s3://bucket/data",
+    )
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="a path or a URI such as s3://bucket/runs/x; default: runs/<config name>",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -50,13 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         unknown = set(filter(None, args.baselines.split(","))) - {"noisy", "all-clean"}
         if unknown:
             raise ValueError(f"--baselines: unknown {sorted(unknown)}; allowed: noisy, all-clean")
-        data = Path(args.data).resolve() if args.data else None
+        # Resolved here: Ray workers run in another working directory.
+        data = Location.of(args.data) if args.data else None
         if data is not None and not (data / "manifest.json").is_file():
             raise FileNotFoundError(
                 f"data: {data} is not a prepared data directory "
                 f"(no manifest.json); run jobs/prepare_data.py first"
             )
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -67,10 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx = ray.init(address=args.address, namespace="sfbd", ignore_reinit_error=True)
     try:
         check_resources(config, ray.cluster_resources())
-        run_dir = Path(args.run_dir or f"runs/{config.name}").resolve()  # workers' cwd differs
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = Location.of(args.run_dir or f"runs/{config.name}")
         data = prepare_run_dir(config, run_dir, data)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

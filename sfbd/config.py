@@ -48,6 +48,7 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     threads: int = 0  # torch threads per worker; 0: Ray's default (OMP_NUM_THREADS)
     max_failures: int = 3
+    grad_clip: float = 0.0  # max global gradient norm per step; 0: no clipping (EDM)
     P_mean: float = -1.2
     P_std: float = 1.2
 
@@ -125,6 +126,7 @@ class SFBDConfig:
         nonneg = {
             "train.warmup_kimg": self.train.warmup_kimg,
             "train.max_failures": self.train.max_failures,
+            "train.grad_clip": self.train.grad_clip,
             "denoise.num_actors": self.denoise.num_actors,
             "eval.grid": self.eval.grid,
         }

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import ray
 import yaml
 
 from sfbd.config import SFBDConfig, from_dict
 from sfbd.data.store import read_manifest
-from sfbd.runfiles import write_json_atomic
+from sfbd.runfiles import Where, checkpoint_complete, is_complete, read_json, write_json_atomic
+from sfbd.storage import Location
+from sfbd.telemetry import RunMetrics
 
 STATE = "state.json"
 CONFIG = "config.yaml"
@@ -40,51 +41,59 @@ def stage_names(iterations: int) -> list[str]:
     return names
 
 
-def read_state(run_dir: Path) -> dict:
-    path = run_dir / STATE
+def read_state(run_dir: Where) -> dict:
+    path = Location.of(run_dir) / STATE
     if path.is_file():
-        return json.loads(path.read_text())
+        return read_json(path)
     return {"completed": {}, "finished": False}
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / METRICS
+def read_metrics(run_dir: Where) -> list[dict]:
+    path = Location.of(run_dir) / METRICS
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_metrics(run_dir: Where, row: dict) -> None:
+    """Add one record to metrics.jsonl (rewritten whole: object stores cannot append)."""
+    path = Location.of(run_dir) / METRICS
+    text = path.read_text() if path.is_file() else ""
+    path.write_text(text + json.dumps(row) + "\n")
 
 
 class Orchestrator:
     """Runs the SFBD loop for one run directory. Create it as a Ray actor (see `start`)."""
 
     def __init__(self, run_dir: str, data_dir: str):
-        self.run_dir = Path(run_dir).resolve()
-        self.data_dir = Path(data_dir).resolve()
+        self.run_dir = Location.of(run_dir)
+        self.data_dir = Location.of(data_dir)
         raw = yaml.safe_load((self.run_dir / CONFIG).read_text())
         self.config: SFBDConfig = from_dict(SFBDConfig, raw)
         self.item_shape = tuple(read_manifest(self.data_dir)["item_shape"])
         self.state = read_state(self.run_dir)
+        self.metrics = RunMetrics(self.run_dir.name)
 
     # -- helpers ------------------------------------------------------------------------------
 
     def _log(self, msg: str) -> None:
         print(f"[sfbd {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    def ckpt(self, k: int) -> Path:
+    def ckpt(self, k: int) -> Location:
         return self.run_dir / "checkpoints" / f"iter_{k:03d}.pt"
 
-    def denoised(self, k: int) -> Path:
+    def denoised(self, k: int) -> Location:
         return self.run_dir / "denoised" / f"iter_{k:03d}"
 
     def _output_exists(self, name: str) -> bool:
         kind, _, num = name.partition("_")
         if kind == "pretrain":
-            return self.ckpt(0).is_file()
+            return checkpoint_complete(self.ckpt(0))
         k = int(num)
         if kind == "denoise":
-            return (self.denoised(k) / "_COMPLETE.json").is_file()
+            return is_complete(self.denoised(k))
         if kind == "refit":
-            return self.ckpt(k).is_file()
+            return checkpoint_complete(self.ckpt(k))
         return any(r.get("iteration") == k for r in read_metrics(self.run_dir))
 
     def _save_state(self) -> None:
@@ -97,6 +106,7 @@ class Orchestrator:
 
         c = self.config
         sets = [{"path": str(self.data_dir / "clean"), "weight": c.train.clean_weight}]
+        tags = {"run": self.run_dir.name, "stage": stage}
         if k > 0:
             other = None if c.train.clean_weight is None else 1 - c.train.clean_weight
             sets.append({"path": str(self.denoised(k)), "weight": other})
@@ -116,6 +126,7 @@ class Orchestrator:
             init_checkpoint=self.ckpt(k - 1) if k > 0 else None,
             extra={"iteration": k},
             log=self._log,
+            metric_tags=tags,
         )
 
     def _denoise(self, k: int) -> dict:
@@ -129,7 +140,9 @@ class Orchestrator:
             self.config.seed,
             k,
             log=self._log,
+            metric_tags={"run": self.run_dir.name},
         )
+        self.metrics.denoised(r.images_per_s)
         return {
             "count": r.count,
             "seconds": r.seconds,
@@ -143,20 +156,20 @@ class Orchestrator:
         from sfbd.viz import save_metric_plot
 
         c = self.config.eval
-        samples = generate_with_ray(self.ckpt(k), c)
+        samples = generate_with_ray(self.ckpt(k), c, name=f"generate_{k:03d}")
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         task = ray.remote(compute_metrics).options(
             num_cpus=1, num_gpus=gpus, name=f"evaluate_{k:03d}"
         )
         record = ray.get(
             task.remote(
-                self.run_dir / "grids",
+                str(self.run_dir / "grids"),
                 f"iter_{k:03d}",
-                self.data_dir,
+                str(self.data_dir),
                 samples,
                 c,
-                self.denoised(k) if k > 0 else None,
-                self.run_dir / "cache",
+                str(self.denoised(k)) if k > 0 else None,
+                str(self.run_dir / "cache"),
             )
         )
         done = self.state["completed"]
@@ -174,9 +187,9 @@ class Orchestrator:
                 "count": done[f"denoise_{k:03d}"]["count"],
                 **done[f"denoise_{k:03d}"]["stats"],
             }
-        with open(self.run_dir / METRICS, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_metrics(self.run_dir, row)
         metric = row["metric"]
+        self.metrics.evaluated(metric, row[metric])
         save_metric_plot(read_metrics(self.run_dir), metric, self.run_dir / "metrics.png")
         self._log(f"evaluate {k:03d}: {metric} = {row[metric]:.4f}")
         return {"metric": metric, metric: row[metric]}
@@ -212,6 +225,7 @@ class Orchestrator:
                     self._log(f"stage {i + 1}/{len(names)}: {name}")
                     self.state["current"] = name
                     self._save_state()
+                    self.metrics.stage_started(name, i, len(names))
                     t0 = time.time()
                     result = self._run_stage(name)
                     self.state["completed"][name] = {
@@ -221,6 +235,7 @@ class Orchestrator:
                     }
                     self.state["current"] = None
                 self._save_state()
+        self.metrics.finished(len(names))
         if not self.state.get("finished"):
             self.state["finished"] = True
             self._save_state()
@@ -240,12 +255,12 @@ class Orchestrator:
         }
 
 
-def start(run_dir: Path, data_dir: Path):
+def start(run_dir: Where, data_dir: Where):
     """The orchestrator actor for a run directory: named, reserving no CPU, and never inside
     the caller's placement group (a Tune trial's), so its stages get the cluster's resources."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    name = f"sfbd-orchestrator:{run_dir.resolve()}"
+    name = f"sfbd-orchestrator:{Location.of(run_dir)}"
     actor_cls = ray.remote(num_cpus=0, max_restarts=0)(Orchestrator)
     return actor_cls.options(
         name=name,

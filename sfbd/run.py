@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from sfbd.config import SFBDConfig, dump_config
+from sfbd.storage import Location, Where
 
 
 def check_resources(config: SFBDConfig, resources: dict) -> None:
@@ -30,18 +30,22 @@ def check_resources(config: SFBDConfig, resources: dict) -> None:
         )
 
 
-def prepare_run_dir(config: SFBDConfig, run_dir: Path, data: Path | None) -> Path:
-    """Resolve the data and the network shape, and write (or check) config.yaml."""
+def prepare_run_dir(config: SFBDConfig, run_dir: Where, data: Where | None) -> Location:
+    """Check that the run directory is writable, resolve the data and the network shape, and
+    write (or check) config.yaml. Returns the data's location."""
     from sfbd.data.prepare import PrepareConfig, prepare
     from sfbd.data.store import read_manifest, verify_split
     from sfbd.orchestrator import CONFIG
 
+    run_dir = Location.of(run_dir)
+    run_dir.check_writable("run-dir")
     if data is None:
         data = run_dir / "data"
         prepare(
             PrepareConfig(**dataclasses.asdict(config.data), out=str(data)),
             log=lambda m: print(f"[sfbd] {m}", flush=True),
         )
+    data = Location.of(data)
     manifest = read_manifest(data)
     verify_split(data)
     if config.eval.reference == "test" and manifest["source"] not in (

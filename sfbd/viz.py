@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 
 import numpy as np
 from PIL import Image
+
+from sfbd.storage import Location, Where
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -14,7 +16,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return x.astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-def save_grid(images: np.ndarray, path: Path, columns: int, pad: int = 2) -> None:
+def save_grid(images: np.ndarray, path: Where, columns: int, pad: int = 2) -> None:
     """Tile images row by row into one PNG (white padding)."""
     pics = to_uint8(images)
     n, h, w, c = pics.shape
@@ -29,7 +31,7 @@ def save_grid(images: np.ndarray, path: Path, columns: int, pad: int = 2) -> Non
     _save(canvas, path)
 
 
-def save_pairs(noisy: np.ndarray, denoised: np.ndarray, path: Path, columns: int = 8) -> None:
+def save_pairs(noisy: np.ndarray, denoised: np.ndarray, path: Where, columns: int = 8) -> None:
     """Rows alternate: noisy observations, then their denoised versions below them."""
     rows = []
     for start in range(0, len(noisy), columns):
@@ -38,7 +40,7 @@ def save_pairs(noisy: np.ndarray, denoised: np.ndarray, path: Path, columns: int
 
 
 def save_scatter(
-    points: dict[str, np.ndarray], path: Path, size: int = 256, extent: float = 2.0
+    points: dict[str, np.ndarray], path: Where, size: int = 256, extent: float = 2.0
 ) -> None:
     """2-D point sets side by side as density images, one panel per set, same axes."""
     panels = []
@@ -52,7 +54,7 @@ def save_scatter(
     _save(np.concatenate(panels[:-1], axis=1)[..., None], path)
 
 
-def save_metric_plot(rows: list[dict], metric: str, path: Path, size=(480, 320)) -> None:
+def save_metric_plot(rows: list[dict], metric: str, path: Where, size=(480, 320)) -> None:
     """A line plot of `metric` against `iteration` (axes, ticks and values drawn with PIL)."""
     from PIL import ImageDraw
 
@@ -90,13 +92,10 @@ def save_metric_plot(rows: list[dict], metric: str, path: Path, size=(480, 320))
         draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=(200, 30, 30))
     draw.text((left, 8), f"{metric} by iteration", fill="black")
     draw.text((w // 2 - 20, h - 16), "iteration", fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    img.save(tmp)
-    tmp.replace(path)
+    _write_png(img, path)
 
 
-def save_heatmap(rows: list[dict], path: Path, cell: int = 90) -> None:
+def save_heatmap(rows: list[dict], path: Where, cell: int = 90) -> None:
     """Final metric over (clean_fraction rows x sigma columns), darker = lower (better)."""
     from PIL import ImageDraw
 
@@ -131,15 +130,15 @@ def save_heatmap(rows: list[dict], path: Path, cell: int = 90) -> None:
     for j, s in enumerate(sigmas):
         draw.text((left + j * cell + 8, top + len(fracs) * cell + 8), f"sigma {s:g}", fill="black")
     draw.text((4, 8), f"final {name} (lower is better)", fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    img.save(tmp)
-    tmp.replace(path)
+    _write_png(img, path)
 
 
-def _save(canvas: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _save(canvas: np.ndarray, path: Where) -> None:
     mode = "L" if canvas.shape[-1] == 1 else "RGB"
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(canvas[..., 0] if mode == "L" else canvas, mode).save(tmp)
-    tmp.replace(path)
+    _write_png(Image.fromarray(canvas[..., 0] if mode == "L" else canvas, mode), path)
+
+
+def _write_png(img: Image.Image, path: Where) -> None:
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    Location.of(path).write_bytes(buffer.getvalue())

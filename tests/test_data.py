@@ -29,7 +29,7 @@ def npz_images(tmp_path):
 
 def _prepare(tmp_path, src, name="out", **kw):
     cfg = PrepareConfig(dataset=f"npz:{src}", sigma=TAU, out=str(tmp_path / name), **kw)
-    return prepare(cfg, log=lambda *_: None)
+    return prepare(cfg, log=lambda *_: None).local
 
 
 @pytest.mark.parametrize("fraction,expected", [(0.04, 20), (0.1, 50), (0.5, 250), (0.998, 499)])
@@ -107,7 +107,7 @@ def test_prepare_is_idempotent_and_refuses_other_settings(tmp_path, npz_images):
     assert (out / "manifest.json").stat().st_mtime_ns == mtime
     with pytest.raises(FileExistsError, match="out"):
         _prepare(tmp_path, npz_images[0], clean_fraction=0.2)
-    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
 def test_folder_source(tmp_path):
@@ -203,4 +203,4 @@ def test_bad_inputs(tmp_path, capsys):
         assert needle in err, (args, err)
         assert len(err.strip().splitlines()) == 1, err
         assert not out.exists(), args
-        assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+        assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from sfbd.data.sources import check_dataset_spec, load_source
 from sfbd.data.split import check_split_args, observe, split_indices
 from sfbd.data.store import MANIFEST, read_manifest, write_manifest, write_shards
+from sfbd.storage import Location
 
 DATA_FORMAT = "sfbd-data-v1"
 
@@ -42,10 +39,11 @@ class PrepareConfig:
         return {k: v for k, v in asdict(self).items() if k not in ("out", "root", "shard_size")}
 
 
-def prepare(config: PrepareConfig, log=print) -> Path:
-    """Write the prepared directory `config.out`; a complete identical one is kept as is."""
+def prepare(config: PrepareConfig, log=print) -> Location:
+    """Write the prepared directory `config.out` (a path or URI); a complete identical one is
+    kept as is. The manifest is written last: a folder without one is not prepared data."""
     config.validate()
-    out = Path(config.out)
+    out = Location.of(config.out)
     if (out / MANIFEST).is_file():
         if read_manifest(out).get("config") == config.identity():
             log(f"data: {out} already prepared with these settings; nothing to do")
@@ -53,8 +51,9 @@ def prepare(config: PrepareConfig, log=print) -> Path:
         raise FileExistsError(
             f"out: {out} holds data prepared with other settings; choose another --out"
         )
-    if out.exists() and any(out.iterdir()):
+    if out.children():
         raise FileExistsError(f"out: {out} exists, is not empty and has no {MANIFEST}")
+    out.parent.check_writable("out")
 
     src = load_source(
         config.dataset, root=config.root, limit=config.limit, num=config.num, seed=config.seed
@@ -65,9 +64,10 @@ def prepare(config: PrepareConfig, log=print) -> Path:
         f"{len(clean_ids)} clean, {len(noisy_ids)} noisy at tau={config.sigma}"
     )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)
+    # Locally the folder is filled under a temporary name and renamed into place.
+    tmp = out.with_suffix_name(".tmp") if out.local is not None else out
+    if tmp is not out:
+        tmp.remove()
     try:
         clean = write_shards(tmp / "clean", clean_ids, src.items[clean_ids], config.shard_size)
         noisy_y = observe(src.items[noisy_ids], noisy_ids, config.sigma, config.seed)
@@ -88,10 +88,11 @@ def prepare(config: PrepareConfig, log=print) -> Path:
             "config": config.identity(),
         }
         write_manifest(tmp, manifest)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(tmp, out)
+        if tmp is not out:
+            out.remove()  # empty, checked above
+            tmp.move_to(out)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not out:
+            tmp.remove()
     log(f"data: wrote {out} ({len(clean)} clean and {len(noisy)} noisy shards)")
     return out

@@ -13,25 +13,16 @@ byte search can prove what was written.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sfbd.storage import Location, Where
+
 MANIFEST = "manifest.json"
 SPLITS = ("clean", "noisy")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def items_table(ids: np.ndarray, items: np.ndarray) -> pa.Table:
@@ -50,27 +41,30 @@ def table_items(table: pa.Table, item_shape: tuple[int, ...]) -> tuple[np.ndarra
 
 
 def write_shards(
-    directory: Path, ids: np.ndarray, items: np.ndarray, shard_size: int
+    directory: Where, ids: np.ndarray, items: np.ndarray, shard_size: int
 ) -> list[dict]:
     """Write `ids`/`items` as shards of at most `shard_size` rows; returns their records."""
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = Location.of(directory)
+    directory.mkdir()
     records = []
     for k, start in enumerate(range(0, len(ids), shard_size)):
-        name = f"part-{k:05d}.parquet"
+        shard = directory / f"part-{k:05d}.parquet"
         table = items_table(ids[start : start + shard_size], items[start : start + shard_size])
-        pq.write_table(table, directory / name, compression="none", use_dictionary=False)
-        records.append({"file": name, "rows": table.num_rows, "sha256": _sha256(directory / name)})
+        pq.write_table(
+            table, shard.path, filesystem=shard.fs, compression="none", use_dictionary=False
+        )
+        records.append({"file": shard.name, "rows": table.num_rows, "sha256": shard.sha256()})
     return records
 
 
-def write_manifest(directory: Path, manifest: dict) -> None:
-    tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, directory / MANIFEST)
+def write_manifest(directory: Where, manifest: dict) -> None:
+    (Location.of(directory) / MANIFEST).write_text(
+        json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    )
 
 
-def read_manifest(directory: str | os.PathLike) -> dict:
-    path = Path(directory) / MANIFEST
+def read_manifest(directory: Where) -> dict:
+    path = Location.of(directory) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"data: {path} missing; is {directory} a prepared data set?")
     return json.loads(path.read_text())
@@ -81,36 +75,35 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split: {split!r}; allowed: {', '.join(SPLITS)}")
 
 
-def shard_paths(directory: str | os.PathLike, split: str) -> list[Path]:
+def shard_paths(directory: Where, split: str) -> list[Location]:
     """The shard files of one split, in manifest order."""
     _check_split(split)
     manifest = read_manifest(directory)
-    return [Path(directory) / split / s["file"] for s in manifest["splits"][split]["shards"]]
+    directory = Location.of(directory)
+    return [directory / split / s["file"] for s in manifest["splits"][split]["shards"]]
 
 
-def verify_split(directory: str | os.PathLike, split: str | None = None) -> None:
+def verify_split(directory: Where, split: str | None = None) -> None:
     """Check every shard (or those of `split`) against the manifest's sizes and sha256."""
     manifest = read_manifest(directory)
     for name in [split] if split else SPLITS:
         _check_split(name)
         for shard in manifest["splits"][name]["shards"]:
-            path = Path(directory) / name / shard["file"]
+            path = Location.of(directory) / name / shard["file"]
             if not path.is_file():
                 raise FileNotFoundError(f"data: shard {path} listed in the manifest is missing")
-            if _sha256(path) != shard["sha256"]:
+            if path.sha256() != shard["sha256"]:
                 raise ValueError(
                     f"data: shard {path} does not match its manifest sha256 "
                     f"(changed or truncated); prepare the data again"
                 )
 
 
-def read_split(
-    directory: str | os.PathLike, split: str, verify: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
+def read_split(directory: Where, split: str, verify: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """All of one split: (int64 ids, float32 items in their stored shape)."""
     if verify:
         verify_split(directory, split)
     manifest = read_manifest(directory)
     shape = tuple(manifest["item_shape"])
-    tables = [pq.read_table(p) for p in shard_paths(directory, split)]
+    tables = [pq.read_table(p.path, filesystem=p.fs) for p in shard_paths(directory, split)]
     return table_items(pa.concat_tables(tables), shape)

@@ -17,6 +17,7 @@ connections from every encoder block, self-attention at chosen levels. Presets:
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -303,12 +304,8 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def save_denoiser(
-    path: str | os.PathLike, denoiser: EDMPrecond, config: NetworkConfig, **extra
-) -> None:
-    """Write weights + config atomically (temporary name, then rename): never a pickled class."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def denoiser_payload(denoiser: EDMPrecond, config: NetworkConfig, **extra) -> bytes:
+    """A checkpoint's bytes: weights + config (+ `extra`), never a pickled class."""
     state = {k: v.detach().cpu() for k, v in denoiser.state_dict().items()}
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -316,25 +313,43 @@ def save_denoiser(
         "state_dict": state,
         **extra,
     }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def denoiser_from_payload(
+    data: bytes, what: str, map_location: str | torch.device = "cpu"
+) -> tuple[EDMPrecond, NetworkConfig, dict]:
+    """Inverse of `denoiser_payload`; `what` names the file in errors."""
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated or foreign file
+        raise ValueError(f"checkpoint: {what} is not a readable sfbd checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint: {what} is not an sfbd checkpoint ({CHECKPOINT_FORMAT})")
+    config = NetworkConfig(**payload["network"])
+    denoiser = build_denoiser(config)
+    denoiser.load_state_dict(payload["state_dict"])
+    return denoiser.to(map_location).eval(), config, payload
+
+
+def save_denoiser(
+    path: str | os.PathLike, denoiser: EDMPrecond, config: NetworkConfig, **extra
+) -> None:
+    """Write a checkpoint to a local file atomically (temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
+    tmp.write_bytes(denoiser_payload(denoiser, config, **extra))
     os.replace(tmp, path)
 
 
 def load_denoiser(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> tuple[EDMPrecond, NetworkConfig, dict]:
-    """Rebuild a denoiser from a checkpoint alone: `(denoiser, config, payload)`."""
+    """Rebuild a denoiser from a local checkpoint file alone: `(denoiser, config, payload)`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: {path} does not exist")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated or foreign file
-        raise ValueError(f"checkpoint: {path} is not a readable sfbd checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint: {path} is not an sfbd checkpoint ({CHECKPOINT_FORMAT})")
-    config = NetworkConfig(**payload["network"])
-    denoiser = build_denoiser(config)
-    denoiser.load_state_dict(payload["state_dict"])
-    return denoiser.to(map_location).eval(), config, payload
+    return denoiser_from_payload(path.read_bytes(), str(path), map_location)

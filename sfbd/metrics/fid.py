@@ -10,6 +10,7 @@ normalises itself.
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 from unittest import mock
 
@@ -69,22 +70,23 @@ def inception_feature_fn(model: pf_inception.InceptionV3):
 
 
 def reference_stats(
-    images: np.ndarray, feature_fn, cache_dir: Path | None, key: str, batch_size: int = 200
+    images: np.ndarray, feature_fn, cache_dir, key: str, batch_size: int = 200
 ) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of a reference image set, computed once and cached as `<key>-<hash>.npz`."""
     digest = hashlib.sha256(
         np.ascontiguousarray(images[:: max(1, len(images) // 64)]).tobytes()
     ).hexdigest()[:16]
-    path = cache_dir / f"{key}-{len(images)}-{digest}.npz" if cache_dir else None
+    from sfbd.storage import Location
+
+    path = Location.of(cache_dir) / f"{key}-{len(images)}-{digest}.npz" if cache_dir else None
     if path is not None and path.is_file():
-        with np.load(path) as z:
+        with np.load(io.BytesIO(path.read_bytes())) as z:
             return z["mu"], z["sigma"]
     mu, sigma = feature_stats(extract_features(feature_fn, images, batch_size))
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, mu=mu, sigma=sigma)
-        tmp.replace(path)
+        buffer = io.BytesIO()
+        np.savez(buffer, mu=mu, sigma=sigma)
+        path.write_bytes(buffer.getvalue())
     return mu, sigma
 
 

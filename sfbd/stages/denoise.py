@@ -10,19 +10,25 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import torch
 
 from sfbd.config import DenoiseConfig
 from sfbd.data.store import items_table, read_manifest, shard_paths, table_items
-from sfbd.diffusion.networks import load_denoiser
 from sfbd.diffusion.samplers import backward_denoise, network_evaluations
-from sfbd.runfiles import fresh_tmp_dir, is_complete, publish_dir
+from sfbd.runfiles import (
+    Where,
+    is_complete,
+    load_denoiser_at,
+    parquet_files,
+    publish_dir,
+    read_parquet,
+    stage_dir,
+)
+from sfbd.storage import Location
 
 IO_CPUS = 0.25
 
@@ -47,14 +53,21 @@ class DenoiseBatch:
         iteration: int,
         item_shape: tuple[int, ...],
         threads: int = 0,
+        metric_tags: dict | None = None,
     ):
         if threads > 0:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.denoiser, _, _ = load_denoiser(checkpoint, map_location=self.device)
+        self.denoiser, _, _ = load_denoiser_at(checkpoint, map_location=self.device)
         self.tau, self.steps, self.stochastic = tau, steps, stochastic
         self.sigma_min, self.seed, self.iteration = sigma_min, seed, iteration
         self.item_shape = tuple(item_shape)
+        self.counter, self.tags = None, None
+        if metric_tags is not None:
+            from sfbd.telemetry import images_denoised
+
+            self.counter = images_denoised()
+            self.tags = {**metric_tags, "iteration": str(iteration)}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ids, y = table_items(batch, self.item_shape)
@@ -77,7 +90,10 @@ class DenoiseBatch:
                 generator=generator,
                 sigma_min=self.sigma_min,
             )
-        return items_table(ids, x.float().cpu().numpy())
+        out = items_table(ids, x.float().cpu().numpy())
+        if self.counter is not None:
+            self.counter.inc(len(ids), tags=self.tags)
+        return out
 
 
 @dataclass
@@ -103,32 +119,32 @@ def actor_resources(config: DenoiseConfig) -> tuple[int, dict]:
 
 
 def run_denoise(
-    data_dir: Path,
-    checkpoint: Path,
-    out_dir: Path,
+    data_dir: Where,
+    checkpoint: Where,
+    out_dir: Where,
     config: DenoiseConfig,
     seed: int,
     iteration: int,
     log=print,
+    metric_tags: dict | None = None,
 ) -> DenoiseResult:
     """Denoise every noisy item with the denoiser in `checkpoint`; publish `out_dir`."""
     manifest = read_manifest(data_dir)
     tau, shape = float(manifest["tau"]), tuple(manifest["item_shape"])
-    files = [str(p) for p in shard_paths(data_dir, "noisy")]
-    in_ids = np.concatenate(
-        [pq.read_table(f, columns=["id"]).column("id").to_numpy() for f in files]
-    )
+    files = shard_paths(data_dir, "noisy")
+    in_ids = read_parquet(files).column("id").to_numpy()
     size, res = actor_resources(config)
     log(
         f"denoise {iteration:03d}: {len(in_ids)} items, tau={tau}, {config.steps} levels "
         f"({network_evaluations(config.steps)} evaluations each), "
         f"{'SDE' if config.stochastic else 'ODE'}, {size} actor(s) {res}"
     )
-    tmp = fresh_tmp_dir(out_dir)
+    out_dir = Location.of(out_dir)
+    tmp = stage_dir(out_dir)
     t0 = time.time()
     # Reading and writing get a fraction of a CPU, so that they can run beside actors that
     # hold whole CPUs on a small cluster (or inside a Tune trial) instead of waiting forever.
-    ds = ray.data.read_parquet(files, num_cpus=IO_CPUS)
+    ds = ray.data.read_parquet([f.path for f in files], filesystem=files[0].fs, num_cpus=IO_CPUS)
     ds = ds.map_batches(
         DenoiseBatch,
         fn_constructor_kwargs=dict(
@@ -141,13 +157,15 @@ def run_denoise(
             iteration=iteration,
             item_shape=shape,
             threads=config.threads,
+            metric_tags=metric_tags,
         ),
         batch_size=config.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=size),
         **res,
     )
-    ds.write_parquet(str(tmp), ray_remote_args={"num_cpus": IO_CPUS})
+    ds.set_name(f"denoise_{iteration:03d}")
+    ds.write_parquet(tmp.path, filesystem=tmp.fs, ray_remote_args={"num_cpus": IO_CPUS})
     seconds = time.time() - t0
 
     out_ids, stats = _check_output(tmp, in_ids, shape)
@@ -174,13 +192,10 @@ def run_denoise(
 
 
 def _check_output(
-    directory: Path, in_ids: np.ndarray, shape: tuple[int, ...]
+    directory: Location, in_ids: np.ndarray, shape: tuple[int, ...]
 ) -> tuple[np.ndarray, dict]:
     """Every input id exactly once in the output, and summary statistics of the items."""
-    tables = [pq.read_table(p) for p in sorted(directory.glob("*.parquet"))]
-    if not tables:
-        raise RuntimeError(f"denoise: no output written to {directory}")
-    out_ids, x = table_items(pa.concat_tables(tables), shape)
+    out_ids, x = table_items(read_parquet(parquet_files(directory)), shape)
     unique, counts = np.unique(out_ids, return_counts=True)
     missing = np.setdiff1d(in_ids, unique)
     extra = np.setdiff1d(unique, in_ids)
@@ -200,11 +215,10 @@ def _check_output(
     return out_ids, stats
 
 
-def read_denoised(directory: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """All denoised items of a published stage output: (ids, items), sorted by id."""
+def read_denoised(directory: Where, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """All denoised items of a published stage output (verified): (ids, items), sorted by id."""
     if not is_complete(directory):
         raise FileNotFoundError(f"denoise: {directory} is not a completed denoise output")
-    table = pa.concat_tables([pq.read_table(p) for p in sorted(directory.glob("*.parquet"))])
-    ids, x = table_items(table, shape)
+    ids, x = table_items(read_parquet(parquet_files(directory)), shape)
     order = np.argsort(ids)
     return ids[order], x[order]

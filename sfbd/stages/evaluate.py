@@ -20,16 +20,17 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from sfbd.config import EvalConfig
 from sfbd.data.sources import load_source, toy2d_sample
 from sfbd.data.store import read_manifest, read_split, shard_paths, table_items
-from sfbd.diffusion.networks import NetworkConfig, load_denoiser
+from sfbd.diffusion.networks import NetworkConfig
 from sfbd.diffusion.samplers import generate
 from sfbd.metrics.distances import sliced_wasserstein
 from sfbd.metrics.memorization import memorization_report
+from sfbd.runfiles import Where, load_denoiser_at, read_parquet
+from sfbd.storage import Location
 from sfbd.viz import save_grid, save_pairs, save_scatter
 
 
@@ -51,11 +52,11 @@ def sample_batch(
 
 
 def generate_samples(
-    checkpoint: Path, num: int, steps: int, seed: int, batch_size: int = 500
+    checkpoint: Where, num: int, steps: int, seed: int, batch_size: int = 500
 ) -> np.ndarray:
     """`num` samples from a checkpoint's denoiser in this process."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    denoiser, net_cfg, _ = load_denoiser(checkpoint, map_location=device)
+    denoiser, net_cfg, _ = load_denoiser_at(checkpoint, map_location=device)
     shape = item_shape(net_cfg)
     return np.concatenate(
         [
@@ -74,7 +75,7 @@ class SampleBatch:
         if threads > 0:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.denoiser, net_cfg, _ = load_denoiser(checkpoint, map_location=self.device)
+        self.denoiser, net_cfg, _ = load_denoiser_at(checkpoint, map_location=self.device)
         self.shape, self.steps, self.seed = item_shape(net_cfg), steps, seed
 
     def __call__(self, batch: dict) -> dict:
@@ -83,7 +84,7 @@ class SampleBatch:
         return {"id": ids, "x": x.reshape(len(ids), -1)}
 
 
-def generate_with_ray(checkpoint: Path, config: EvalConfig) -> np.ndarray:
+def generate_with_ray(checkpoint: Where, config: EvalConfig, name: str = "generate") -> np.ndarray:
     """`config.num_samples` samples through Ray Data, ordered by sample id."""
     import ray
 
@@ -100,13 +101,14 @@ def generate_with_ray(checkpoint: Path, config: EvalConfig) -> np.ndarray:
         compute=ray.data.ActorPoolStrategy(size=max(1, int(gpus))),
         **res,
     )
+    ds.set_name(name)
     rows = ds.take_all()
     rows.sort(key=lambda r: r["id"])
-    shape = item_shape(load_denoiser(checkpoint)[1])
+    shape = item_shape(load_denoiser_at(checkpoint)[1])
     return np.stack([r["x"] for r in rows]).astype(np.float32).reshape(len(rows), *shape)
 
 
-def reference_items(data_dir: Path, config: EvalConfig) -> np.ndarray:
+def reference_items(data_dir: Where, config: EvalConfig) -> np.ndarray:
     """The reference set named by `config.reference` (see EvalConfig)."""
     if config.reference == "clean":
         return read_split(data_dir, "clean")[1]
@@ -124,7 +126,7 @@ def _file_tag(path: str) -> str:
 
 
 def distance(
-    samples: np.ndarray, data_dir: Path, config: EvalConfig, cache_dir: Path | None
+    samples: np.ndarray, data_dir: Where, config: EvalConfig, cache_dir: Where | None
 ) -> dict:
     """The configured distance of `samples` to the reference, with the names it used."""
     from sfbd.metrics.frechet import extract_features, feature_stats, frechet_distance
@@ -173,15 +175,16 @@ def distance(
 
 
 def compute_metrics(
-    grids: Path,
+    grids: Where,
     name: str,
-    data_dir: Path,
+    data_dir: Where,
     samples: np.ndarray,
     config: EvalConfig,
-    denoised_dir: Path | None = None,
-    cache_dir: Path | None = None,
+    denoised_dir: Where | None = None,
+    cache_dir: Where | None = None,
 ) -> dict:
     """Distance, memorization and pictures for one set of generated samples."""
+    grids = Location.of(grids)
     threads = config.threads
     if threads > 0:
         torch.set_num_threads(threads)
@@ -222,7 +225,7 @@ def compute_metrics(
         n = config.grid
         save_grid(samples[: n * n], grids / f"{name}_samples.png", columns=n)
         if denoised is not None:
-            first = pq.read_table(shard_paths(data_dir, "noisy")[0]).slice(0, n * 2)
+            first = read_parquet(shard_paths(data_dir, "noisy")[:1]).slice(0, n * 2)
             ids, noisy = table_items(first, shape)
             save_pairs(
                 noisy,
@@ -234,13 +237,13 @@ def compute_metrics(
 
 
 def evaluate(
-    grids: Path,
+    grids: Where,
     name: str,
-    data_dir: Path,
-    checkpoint: Path,
+    data_dir: Where,
+    checkpoint: Where,
     config: EvalConfig,
-    denoised_dir: Path | None = None,
-    cache_dir: Path | None = None,
+    denoised_dir: Where | None = None,
+    cache_dir: Where | None = None,
 ) -> dict:
     """Generate in this process, then `compute_metrics` (for callers without Ray Data)."""
     samples = generate_samples(
