@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import ray.train
 import ray.train.torch
 import torch
@@ -29,21 +28,21 @@ from sfbd.config import TrainConfig
 from sfbd.data.store import table_items
 from sfbd.diffusion.ema import EMA, ema_beta
 from sfbd.diffusion.loss import EDMLoss
-from sfbd.diffusion.networks import NetworkConfig, build_denoiser, load_denoiser, save_denoiser
+from sfbd.diffusion.networks import NetworkConfig, build_denoiser
+from sfbd.runfiles import Where, load_denoiser_at, parquet_files, read_parquet, save_denoiser_at
+from sfbd.storage import Location
 
 STATE_FILE = "train_state.pt"
 
 
 def load_items(directory: str, item_shape: tuple[int, ...]) -> np.ndarray:
-    """Every item in a directory of (id, x) Parquet files, ordered by id."""
-    files = sorted(Path(directory).glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"train: no Parquet files in {directory}")
-    ids, x = table_items(pa.concat_tables([pq.read_table(f) for f in files]), item_shape)
+    """Every item in a folder of (id, x) Parquet files, ordered by id; the files are checked
+    against the digests recorded when they were written."""
+    ids, x = table_items(read_parquet(parquet_files(directory)), item_shape)
     return x[np.argsort(ids)]
 
 
-def latest_state(stage_dir: Path) -> dict | None:
+def latest_state(stage_dir: Where) -> dict | None:
     """The newest readable train state among a stage's reported checkpoints, if any.
 
     Ray Train V2 restores a run started again under the same name, but only from what its
@@ -51,9 +50,11 @@ def latest_state(stage_dir: Path) -> dict | None:
     killed between a checkpoint's upload and that record. Unreadable (partly written)
     checkpoints are skipped.
     """
-    for d in sorted(stage_dir.glob("checkpoint_*"), reverse=True):
+    folders = [d for d in Location.of(stage_dir).children() if d.name.startswith("checkpoint_")]
+    for d in reversed(folders):
         try:
-            return torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
+            data = (d / STATE_FILE).read_bytes()
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception:
             continue
     return None
@@ -83,7 +84,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         with checkpoint.as_directory() as d:
             resume_state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
     else:  # a restarted driver: the stage's own storage folder
-        resume_state = latest_state(Path(cfg["storage"]))
+        resume_state = latest_state(cfg["storage"])
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         if rank == 0:
@@ -93,7 +94,7 @@ def train_loop_per_worker(cfg: dict) -> None:
                 flush=True,
             )
     elif cfg["init_checkpoint"]:
-        init, _, _ = load_denoiser(cfg["init_checkpoint"])
+        init, _, _ = load_denoiser_at(cfg["init_checkpoint"])
         model.load_state_dict(init.state_dict())
     ema = EMA(model)
     if resume_state is not None:
@@ -122,10 +123,18 @@ def train_loop_per_worker(cfg: dict) -> None:
     log_every = int(train.log_kimg * 1000)
     losses: list[float] = []
     t_last, images_last = time.time(), images_seen
+    progress = None
+    if rank == 0 and cfg.get("metric_tags"):
+        from sfbd.telemetry import kimg_trained
+
+        progress = kimg_trained()
+    t_first, images_first = 0.0, images_seen  # set when this run's first step (warm-up) ends
 
     def report(loss_value: float) -> None:
         """Every rank reports; rank 0 attaches the checkpoint (model, EMA, optimizer)."""
         metrics = {"kimg": images_seen / 1000, "loss": loss_value, "images_seen": images_seen}
+        if len(losses) > 1:  # training rate after the first step (read by jobs/benchmark.py)
+            metrics["images_per_s"] = (images_seen - images_first) / (time.time() - t_first)
         if rank != 0:
             ray.train.report(metrics)
             return
@@ -163,6 +172,8 @@ def train_loop_per_worker(cfg: dict) -> None:
         for p in model.parameters():
             if p.grad is not None:
                 torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+        if train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         opt.step()
         images_seen += train.batch_size
         ema.update(
@@ -175,6 +186,8 @@ def train_loop_per_worker(cfg: dict) -> None:
             ),
         )
         losses.append(loss.item())
+        if len(losses) == 1:
+            t_first, images_first = time.time(), images_seen
 
         done = images_seen >= total_images
         if rank == 0 and (
@@ -187,6 +200,8 @@ def train_loop_per_worker(cfg: dict) -> None:
                 flush=True,
             )
             t_last, images_last = time.time(), images_seen
+            if progress is not None:
+                progress.set(images_seen / 1000, tags=cfg["metric_tags"])
         crossed = images_seen // ckpt_every > (images_seen - train.batch_size) // ckpt_every
         if crossed or done:
             report(float(np.mean(losses[-50:])))
@@ -196,20 +211,22 @@ def train_loop_per_worker(cfg: dict) -> None:
 
 def run_train(
     stage: str,
-    out_path: Path,
-    storage: Path,
+    out_path: Where,
+    storage: Where,
     train: TrainConfig,
     network: NetworkConfig,
     sets: list[dict],
     item_shape: tuple[int, ...],
     kimg: float,
     seed: int,
-    init_checkpoint: Path | None = None,
+    init_checkpoint: Where | None = None,
     extra: dict | None = None,
     log=print,
+    metric_tags: dict | None = None,
 ) -> dict:
     """Run one train stage to completion and write the EMA denoiser to `out_path`."""
     log(f"{stage}: {kimg} kimg on {[s['path'] for s in sets]} with {train.num_workers} worker(s)")
+    storage = Location.of(storage)
     t0 = time.time()
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -222,7 +239,8 @@ def run_train(
             "stage": stage,
             "seed": seed,
             "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
-            "storage": str((storage / stage).resolve()),
+            "storage": str(storage / stage),
+            "metric_tags": metric_tags,
         },
         scaling_config=ScalingConfig(
             num_workers=train.num_workers,
@@ -234,7 +252,8 @@ def run_train(
         ),
         run_config=RunConfig(
             name=stage,
-            storage_path=str(storage.resolve()),
+            storage_path=storage.path,
+            storage_filesystem=None if storage.local is not None else storage.fs,
             failure_config=FailureConfig(max_failures=train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -259,6 +278,6 @@ def run_train(
         "images_per_s": kimg * 1000 / seconds,
         "loss": result.metrics.get("loss"),
     }
-    save_denoiser(out_path, denoiser, network, stage=stage, **(extra or {}))
+    save_denoiser_at(out_path, denoiser, network, stage=stage, **(extra or {}))
     log(f"{stage}: done in {seconds:.1f}s, final loss {summary['loss']:.4f}")
     return summary
