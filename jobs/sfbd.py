@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--baselines: unknown {sorted(unknown)}; allowed: noisy, all-clean")
         # Resolved here: Ray workers run in another working directory.
         data = Location.of(args.data) if args.data else None
+        run_dir = Location.of(args.run_dir or f"runs/{config.name}")
+        run_dir.check_writable("run-dir")
         if data is not None and not (data / "manifest.json").is_file():
             raise FileNotFoundError(
                 f"data: {data} is not a prepared data directory "
@@ -76,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     ctx = ray.init(address=args.address, namespace="sfbd", ignore_reinit_error=True)
     try:
         check_resources(config, ray.cluster_resources())
-        run_dir = Location.of(args.run_dir or f"runs/{config.name}")
         data = prepare_run_dir(config, run_dir, data)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

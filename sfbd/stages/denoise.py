@@ -162,6 +162,7 @@ def run_denoise(
         batch_size=config.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=size),
+        scheduling_strategy="SPREAD",  # one actor per node first, as with one per GPU node
         **res,
     )
     ds.set_name(f"denoise_{iteration:03d}")

@@ -50,7 +50,11 @@ def latest_state(stage_dir: Where) -> dict | None:
     killed between a checkpoint's upload and that record. Unreadable (partly written)
     checkpoints are skipped.
     """
-    folders = [d for d in Location.of(stage_dir).children() if d.name.startswith("checkpoint_")]
+    folders = [
+        d
+        for d in Location.of(stage_dir).children()
+        if d.name.startswith("checkpoint_") and d.is_dir()
+    ]
     for d in reversed(folders):
         try:
             data = (d / STATE_FILE).read_bytes()
@@ -133,6 +137,8 @@ def train_loop_per_worker(cfg: dict) -> None:
     def report(loss_value: float) -> None:
         """Every rank reports; rank 0 attaches the checkpoint (model, EMA, optimizer)."""
         metrics = {"kimg": images_seen / 1000, "loss": loss_value, "images_seen": images_seen}
+        if resume_state is not None:  # this worker group restarted from a checkpoint
+            metrics["resumed_from_kimg"] = resume_state["images_seen"] / 1000
         if len(losses) > 1:  # training rate after the first step (read by jobs/benchmark.py)
             metrics["images_per_s"] = (images_seen - images_first) / (time.time() - t_first)
         if rank != 0:
@@ -277,6 +283,7 @@ def run_train(
         "seconds": seconds,
         "images_per_s": kimg * 1000 / seconds,
         "loss": result.metrics.get("loss"),
+        "resumed_from_kimg": result.metrics.get("resumed_from_kimg"),
     }
     save_denoiser_at(out_path, denoiser, network, stage=stage, **(extra or {}))
     log(f"{stage}: done in {seconds:.1f}s, final loss {summary['loss']:.4f}")
