@@ -1,0 +1,134 @@
+"""jobs/benchmark.py at a tiny CPU size on the session's Ray cluster: the counts, rates and
+FLOP figures it reports, and the analytic FLOP counts it relies on."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import load_job
+from torch import nn
+
+from sfbd.diffusion.networks import NetworkConfig
+from sfbd.runfiles import COMPLETE, is_complete
+
+NUM, BATCH, STEPS, TRAIN_STEPS, TRAIN_BATCH = 96, 24, 3, 5, 16
+
+
+@pytest.fixture(scope="module")
+def job():
+    return load_job("benchmark")
+
+
+def test_flop_counts_match_analytic_counts(job):
+    # One Linear (bias adds are not counted): 2 * batch * in * out.
+    assert job.count_forward_flops(nn.Linear(5, 7), torch.zeros(3, 5)) == 2 * 3 * 5 * 7
+    # One 3x3 convolution, 'same' padding: 2 * batch * H * W * cout * cin * 3 * 3.
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    assert job.count_forward_flops(conv, torch.zeros(2, 4, 10, 10)) == 2 * 2 * 10 * 10 * 6 * 4 * 9
+    # The whole mlp denoiser: input layer (dim + 64 embedding -> 128), 3 residual blocks of
+    # two 128 x 128 layers, output layer 128 -> dim; the sinusoidal embedding is no matmul.
+    dim, h, b = 2, 128, 7
+    expected = 2 * b * ((dim + 64) * h + 3 * 2 * h * h + h * dim)
+    assert job.denoiser_flops(NetworkConfig(preset="mlp", channels=dim), b) == expected
+    # FLOPs of a UNet forward grow exactly linearly with the batch.
+    tiny = NetworkConfig(preset="tiny", channels=1, resolution=16)
+    assert job.denoiser_flops(tiny, 6) == 3 * job.denoiser_flops(tiny, 2)
+
+
+def test_peak_table(job):
+    assert job.bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert job.bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert job.bf16_peak_tflops("NVIDIA H200") == 989.0
+    assert job.bf16_peak_tflops("NVIDIA L40S") == 362.0
+    assert job.bf16_peak_tflops("NVIDIA L4") == 121.0
+    assert job.bf16_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert job.bf16_peak_tflops("Tesla T4") is None
+
+
+def test_bad_sizes_fail_before_work(job, ray_cluster, tmp_path):
+    out = tmp_path / "b.json"
+    args = ["--address", ray_cluster, "--out", str(out), "--work-dir", str(tmp_path / "w")]
+    assert job.main(args + ["--num-images", "40", "--batch-size", "32"]) == 2
+    assert job.main(args + ["--train-steps", "1"]) == 2
+    assert job.main(args + ["--preset", "nope"]) == 2
+    assert not out.exists() and not (tmp_path / "w").exists()
+
+
+def _finite_positive(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def test_benchmark_job_on_cpu(job, ray_cluster, tmp_path, capsys):
+    out, work = tmp_path / "bench.json", tmp_path / "work"
+    args = ["--address", ray_cluster, "--out", str(out), "--work-dir", str(work)]
+    args += ["--num-images", str(NUM), "--batch-size", str(BATCH), "--steps", str(STEPS)]
+    args += ["--train-steps", str(TRAIN_STEPS), "--train-batch-size", str(TRAIN_BATCH)]
+    assert job.main(args) == 0
+    table = capsys.readouterr().out
+    assert "Ray Data stage" in table and "Ray Train" in table and "targets:" in table
+
+    r = json.loads(out.read_text())
+    for key in ("date", "device", "versions", "preset", "network", "batch_size", "flops"):
+        assert key in r
+    assert {"denoise", "train", "targets", "nfe_per_image"} <= set(r)
+    assert r["device"]["type"] == "cpu" and r["device"]["peak_bf16_tflops"] is None
+    assert r["preset"] == "tiny" and r["batch_size"] == BATCH
+    assert r["versions"]["torch"] == torch.__version__
+    assert r["parameters"] == r["network"]["parameters"] > 0
+
+    nfe = 2 * STEPS - 1
+    assert r["nfe_per_image"] == nfe
+    net = NetworkConfig(preset="tiny", channels=1, resolution=16)
+    per_forward = job.denoiser_flops(net, BATCH)
+    assert r["flops"]["per_forward"] == per_forward
+    assert r["flops"]["per_image_evaluation"] == pytest.approx(per_forward / BATCH)
+
+    d = r["denoise"]
+    assert d["plain_compiled"] is None
+    for path in ("plain", "ray"):
+        row = d[path]
+        assert row["images"] == NUM, path
+        # Counted at the denoiser's call site, not computed: every image took 2n-1 calls.
+        assert row["evaluations"] == NUM * nfe, path
+        assert (
+            0 < row["timed_images"] < NUM and row["timed_evaluations"] == row["timed_images"] * nfe
+        )
+        for key in ("images_per_s", "evaluations_per_s", "tflops", "seconds"):
+            assert _finite_positive(row[key]), (path, key, row[key])
+        assert row["evaluations_per_s"] == pytest.approx(row["images_per_s"] * nfe)
+        tflops = r["flops"]["per_image_evaluation"] * row["evaluations_per_s"] / 1e12
+        assert row["tflops"] == pytest.approx(tflops)
+        assert row["fraction_of_peak"] is None
+        assert 0 < row["busy_fraction"] <= 1 + 1e-9, path
+    assert d["plain"]["busy_fraction"] > 0.9  # the plain loop's batches run back to back
+    assert d["plain"]["timed_images"] == NUM - BATCH
+    assert d["ray"]["stage_count"] == NUM
+    # The stage's wall time includes actor start-up, which the steady-state window leaves out.
+    assert d["ray"]["stage_seconds"] > d["ray"]["seconds"]
+    assert d["ratio_ray_over_plain"] == pytest.approx(
+        d["ray"]["images_per_s"] / d["plain"]["images_per_s"]
+    )
+    # The Ray path went through the real stage: published output with every id once.
+    assert is_complete(work / "denoised")
+    assert json.loads((work / "denoised" / COMPLETE).read_text())["count"] == NUM
+
+    t = r["train"]
+    for path in ("plain", "ray"):
+        row = t[path]
+        assert row["images"] == TRAIN_STEPS * TRAIN_BATCH, path
+        assert row["steps"] == TRAIN_STEPS, path
+        assert row["timed_images"] == (TRAIN_STEPS - 1) * TRAIN_BATCH, path
+        assert _finite_positive(row["images_per_s"]), path
+        assert math.isfinite(row["loss"]), path
+    assert t["ratio_ray_over_plain"] == pytest.approx(
+        t["ray"]["images_per_s"] / t["plain"]["images_per_s"]
+    )
+
+    targets = r["targets"]
+    assert set(targets) == {"ray_data_ratio", "ray_train_ratio", "compiled_ddpmpp_peak"}
+    for name, ratio in (("ray_data_ratio", d), ("ray_train_ratio", t)):
+        expected = "pass" if ratio["ratio_ray_over_plain"] >= 0.95 else "miss"
+        assert targets[name]["status"] == expected
+        assert targets[name]["target"] == 0.95
+    assert targets["compiled_ddpmpp_peak"]["status"] == "not measured"
