@@ -42,6 +42,38 @@ def load_items(directory: str, item_shape: tuple[int, ...]) -> np.ndarray:
     return x[np.argsort(ids)]
 
 
+def load_set(spec: dict, item_shape: tuple[int, ...]) -> np.ndarray:
+    """The items of one train set, from either kind of spec:
+
+    - `{"path": folder}`: a folder of (id, x) Parquet files the pipeline wrote (the clean split,
+      a denoised set, the noisy split);
+    - `{"source": dataset spec, "root", "limit", "num", "seed", "count"}`: the data set read
+      straight from where it lives (`load_source`, train split). This serves the all-clean
+      baseline, which trains on the originals of the noisy part as well: the pipeline never
+      writes those anywhere, so the worker loads them into its memory only. `count`, when
+      given, is the number of items the prepared data was made from, checked here.
+    """
+    if "path" in spec:
+        return load_items(spec["path"], item_shape)
+    from sfbd.data.sources import load_source
+
+    src = load_source(
+        spec["source"],
+        root=spec.get("root"),
+        train=True,
+        limit=spec.get("limit"),
+        num=spec.get("num", 20000),
+        seed=spec.get("seed", 0),
+    )
+    if src.item_shape != tuple(item_shape) or spec.get("count", len(src.items)) != len(src.items):
+        raise ValueError(
+            f"data: {spec['source']} now holds {len(src.items)} items of shape "
+            f"{src.item_shape}; the prepared data was made from {spec.get('count')} of "
+            f"shape {tuple(item_shape)}"
+        )
+    return src.items
+
+
 def latest_state(stage_dir: Where) -> dict | None:
     """The newest readable train state among a stage's reported checkpoints, if any.
 
@@ -79,6 +111,8 @@ def train_loop_per_worker(cfg: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     net_cfg = NetworkConfig(**cfg["network"])
+    # The same initial weights on every rank and in every run with this seed.
+    torch.manual_seed(_step_seed(cfg["seed"], cfg["stage"] + "/init", 0, 0))
     model = build_denoiser(net_cfg)
     total_images = int(cfg["kimg"] * 1000)
 
@@ -111,7 +145,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     images_seen = resume_state["images_seen"] if resume_state else 0
     ddp_model = ray.train.torch.prepare_model(model) if world > 1 else model
 
-    sets = [load_items(s["path"], tuple(cfg["item_shape"])) for s in cfg["sets"]]
+    sets = [load_set(s, tuple(cfg["item_shape"])) for s in cfg["sets"]]
     weights = np.array(
         [
             s["weight"] if s["weight"] is not None else len(x)
@@ -136,7 +170,12 @@ def train_loop_per_worker(cfg: dict) -> None:
 
     def report(loss_value: float) -> None:
         """Every rank reports; rank 0 attaches the checkpoint (model, EMA, optimizer)."""
-        metrics = {"kimg": images_seen / 1000, "loss": loss_value, "images_seen": images_seen}
+        metrics = {
+            "kimg": images_seen / 1000,
+            "loss": loss_value,
+            "images_seen": images_seen,
+            "set_sizes": [len(x) for x in sets],
+        }
         if resume_state is not None:  # this worker group restarted from a checkpoint
             metrics["resumed_from_kimg"] = resume_state["images_seen"] / 1000
         if len(losses) > 1:  # training rate after the first step (read by jobs/benchmark.py)
@@ -231,7 +270,8 @@ def run_train(
     metric_tags: dict | None = None,
 ) -> dict:
     """Run one train stage to completion and write the EMA denoiser to `out_path`."""
-    log(f"{stage}: {kimg} kimg on {[s['path'] for s in sets]} with {train.num_workers} worker(s)")
+    names = [s.get("path") or f"source {s['source']}" for s in sets]
+    log(f"{stage}: {kimg} kimg on {names} with {train.num_workers} worker(s)")
     storage = Location.of(storage)
     t0 = time.time()
     trainer = TorchTrainer(
@@ -284,6 +324,7 @@ def run_train(
         "images_per_s": kimg * 1000 / seconds,
         "loss": result.metrics.get("loss"),
         "resumed_from_kimg": result.metrics.get("resumed_from_kimg"),
+        "set_sizes": result.metrics.get("set_sizes"),
     }
     save_denoiser_at(out_path, denoiser, network, stage=stage, **(extra or {}))
     log(f"{stage}: done in {seconds:.1f}s, final loss {summary['loss']:.4f}")
