@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 
@@ -31,7 +32,7 @@ def is_uri(where: str | os.PathLike) -> bool:
 def _resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
-    except (pafs.ArrowInvalid, pafs.ArrowNotImplementedError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         try:
             import fsspec.core
         except ImportError:  # pragma: no cover - fsspec ships with Ray Data
