@@ -65,6 +65,7 @@ class DenoiseConfig:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 1.0  # used when the cluster has GPUs
     threads: int = 0  # torch threads per actor; 0: Ray's default
+    compile: bool = False  # torch.compile the denoiser once per actor (worth it on GPUs)
 
 
 @dataclass
@@ -78,6 +79,7 @@ class EvalConfig:
     seed: int = 1234
     projections: int = 256  # sliced Wasserstein projections
     threads: int = 0  # torch threads of the evaluation task; 0: Ray's default
+    compile: bool = False  # torch.compile the denoiser of the sampling actors
     # Reference set of the distance: "clean" (the clean set), "test" (the held-out split of
     # data.dataset: cifar10, fashion-mnist, mnist) or "npz:PATH". The toy uses true samples.
     reference: str = "clean"

@@ -54,11 +54,14 @@ class DenoiseBatch:
         item_shape: tuple[int, ...],
         threads: int = 0,
         metric_tags: dict | None = None,
+        compile: bool = False,
     ):
         if threads > 0:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.denoiser, _, _ = load_denoiser_at(checkpoint, map_location=self.device)
+        if compile:  # compiled on the first batch; a shorter last batch recompiles once
+            self.denoiser = torch.compile(self.denoiser)
         self.tau, self.steps, self.stochastic = tau, steps, stochastic
         self.sigma_min, self.seed, self.iteration = sigma_min, seed, iteration
         self.item_shape = tuple(item_shape)
@@ -158,6 +161,7 @@ def run_denoise(
             item_shape=shape,
             threads=config.threads,
             metric_tags=metric_tags,
+            compile=config.compile,
         ),
         batch_size=config.batch_size,
         batch_format="pyarrow",

@@ -71,11 +71,15 @@ def generate_samples(
 class SampleBatch:
     """Ray Data callable class: holds the denoiser; maps a batch of ids to samples."""
 
-    def __init__(self, checkpoint: str, steps: int, seed: int, threads: int = 0):
+    def __init__(
+        self, checkpoint: str, steps: int, seed: int, threads: int = 0, compile: bool = False
+    ):
         if threads > 0:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.denoiser, net_cfg, _ = load_denoiser_at(checkpoint, map_location=self.device)
+        if compile:
+            self.denoiser = torch.compile(self.denoiser)
         self.shape, self.steps, self.seed = item_shape(net_cfg), steps, seed
 
     def __call__(self, batch: dict) -> dict:
@@ -94,7 +98,11 @@ def generate_with_ray(checkpoint: Where, config: EvalConfig, name: str = "genera
     ds = ray.data.from_numpy(np.arange(config.num_samples)).map_batches(
         SampleBatch,
         fn_constructor_kwargs=dict(
-            checkpoint=str(checkpoint), steps=config.steps, seed=config.seed, threads=config.threads
+            checkpoint=str(checkpoint),
+            steps=config.steps,
+            seed=config.seed,
+            threads=config.threads,
+            compile=config.compile,
         ),
         batch_size=config.batch_size,
         batch_format="numpy",
