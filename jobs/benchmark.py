@@ -31,8 +31,8 @@ the project's store, and a denoiser of the preset (fresh weights) as a checkpoin
   `train_loop_per_worker` for T steps; its rate is the loop's reported `images_per_s`
   (images after its first step over the time since that step ended). Plain: the same loop
   body (batch drawn on the device, EDM loss, backward, gradient clean-up, Adam with warm-up,
-  EMA update, loss read back) timed with the same first-step exclusion. Float32, as the
-  refit stage trains (no autocast).
+  EMA update, loss read back) timed with the same first-step exclusion, under the same bf16
+  autocast as the refit stage on GPUs (`train.bf16`).
 (c) FLOPs. `FlopCounterMode` counts one forward of the denoiser at the batch size on meta
   tensors (matrix products, convolutions and attention; element-wise work is not counted);
   divided by the batch size it is the cost of one image-evaluation. Achieved TFLOP/s = that
@@ -326,7 +326,10 @@ def plain_train(cfg: dict, steps: int) -> dict:
         for group in opt.param_groups:
             group["lr"] = train.lr * max(warm, 1e-3)
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model, x).mean()
+        with torch.autocast(
+            device.type, torch.bfloat16, enabled=train.bf16 and device.type == "cuda"
+        ):
+            loss = loss_fn(model, x).mean()
         loss.backward()
         for p in model.parameters():
             if p.grad is not None:
@@ -671,7 +674,7 @@ def run_benchmark(s: Settings, work: Path, log=print) -> dict:
             "with --compile the Ray stage runs compiled (denoise.compile) and the ratio "
             "compares it with the compiled plain loop",
             "rates exclude the first batch / step (see the job's docstring)",
-            "training runs in float32 like the refit stage; denoising in bf16 autocast on CUDA",
+            "bf16 autocast on CUDA for denoising and training, as the stages do",
         ],
     }
     result["targets"] = targets(s, result)

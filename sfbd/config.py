@@ -45,6 +45,7 @@ class TrainConfig:
     clean_weight: float | None = None  # share of clean items in refit batches; None: by set size
     num_workers: int = 1  # >= 1 (local mode, 0, does not persist checkpoints: no resume)
     use_gpu: bool = False
+    bf16: bool = True  # bf16 autocast of the forward/backward pass on GPUs (no effect on CPUs)
     cpus_per_worker: float = 1.0
     threads: int = 0  # torch threads per worker; 0: Ray's default (OMP_NUM_THREADS)
     max_failures: int = 3

@@ -82,7 +82,9 @@ class DenoiseBatch:
                 )
                 for i in ids
             ]
-        y_t = torch.from_numpy(y).to(self.device)
+        y_t = torch.from_numpy(y)
+        if self.device.type == "cuda":  # pinned: the copy runs asynchronously to the GPU's work
+            y_t = y_t.pin_memory().to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
             x = backward_denoise(
                 self.denoiser,

@@ -155,6 +155,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     )
     weights /= weights.sum()
     sets_t = [torch.from_numpy(x).to(device) for x in sets]
+    bf16 = train.bf16 and device.type == "cuda"  # autocast; weights and Adam stay float32
     loss_fn = EDMLoss(P_mean=train.P_mean, P_std=train.P_std, sigma_data=net_cfg.sigma_data)
     local_batch = train.batch_size // world
     ckpt_every = int(train.checkpoint_kimg * 1000)
@@ -212,7 +213,8 @@ def train_loop_per_worker(cfg: dict) -> None:
         for group in opt.param_groups:
             group["lr"] = train.lr * max(warm, 1e-3)
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(ddp_model, x).mean()
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            loss = loss_fn(ddp_model, x).mean()
         loss.backward()
         for p in model.parameters():
             if p.grad is not None:
