@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from sfbd.config import SFBDConfig, dump_config
+import yaml
+
+from sfbd.config import SFBDConfig, dump_config, from_dict
 from sfbd.storage import Location, Where
 
 
@@ -72,9 +74,15 @@ def prepare_run_dir(config: SFBDConfig, run_dir: Where, data: Where | None) -> L
     text = dump_config(config)
     path = run_dir / CONFIG
     if path.is_file() and path.read_text() != text:
-        raise ValueError(
-            f"run-dir: {run_dir} holds a run with a different config.yaml; "
-            f"use another --run-dir (or the same settings to resume)"
-        )
+        # Compared as configs, not text: keys added since the run began take their defaults.
+        try:
+            same = from_dict(SFBDConfig, yaml.safe_load(path.read_text())) == config
+        except ValueError:
+            same = False
+        if not same:
+            raise ValueError(
+                f"run-dir: {run_dir} holds a run with a different config.yaml; "
+                f"use another --run-dir (or the same settings to resume)"
+            )
     path.write_text(text)
     return data
