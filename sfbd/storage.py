@@ -173,7 +173,12 @@ class Location:
         self.fs.move(self.path, dest.path)
 
     def check_writable(self, what: str) -> None:
-        """Fail at once, naming `what`, when nothing can be written here."""
+        """Fail at once, naming `what`, when nothing can be written here; leaves no trace
+        (folders it had to create for the test are removed again)."""
+        top = self  # the outermost folder that does not exist yet
+        while not top.parent.exists() and top.parent.path != top.path:
+            top = top.parent
+        created = not self.exists()
         probe = self / f".write-test-{uuid.uuid4().hex[:8]}"
         try:
             self.mkdir()
@@ -181,6 +186,9 @@ class Location:
             probe.remove()
         except OSError as exc:
             raise OSError(f"{what}: {self.uri} is not writable: {_reason(exc)}") from exc
+        finally:
+            if created:
+                _quietly(top.remove)
 
 
 Where = str | os.PathLike | Location
