@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--baselines",
         default="",
-        help="after the run, also train comparison models: noisy, all-clean (toy)",
+        help="after the run, also train comparison models: noisy, all-clean",
     )
     return p.parse_args(argv)
 
