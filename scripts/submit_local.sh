@@ -11,9 +11,24 @@ rm -rf "$run_dir"
 ray start --head --num-cpus=2 --dashboard-host=127.0.0.1 --dashboard-port=8265 \
     --disable-usage-stats
 trap 'ray stop --force >/dev/null 2>&1 || true' EXIT
-ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
-    python jobs/sfbd.py --config toy2d --run-dir "$run_dir" --set iterations=1 \
-    --set train.pretrain_kimg=20 --set train.refit_kimg=20 --set eval.num_samples=2000
+address=http://127.0.0.1:8265
+job_id="sfbd-toy-$(date +%s)"
+# The head's job agent can take a while to come up on a loaded machine ("No available agent
+# to submit job"): a refused submission creates no job, so it is retried.
+for attempt in $(seq 1 24); do
+    if ray job submit --address "$address" --submission-id "$job_id" --no-wait --working-dir . -- \
+        python jobs/sfbd.py --config toy2d --run-dir "$run_dir" --set iterations=1 \
+        --set train.pretrain_kimg=20 --set train.refit_kimg=20 --set eval.num_samples=2000; then
+        break
+    fi
+    [ "$attempt" -lt 24 ] || { echo "submit_local: job not accepted" >&2; exit 1; }
+    sleep 5
+done
+ray job logs --address "$address" --follow "$job_id"
+if ! ray job status --address "$address" "$job_id" 2>&1 | tee /dev/stderr | grep -qi "succeeded"; then
+    echo "submit_local: job $job_id did not succeed" >&2
+    exit 1
+fi
 python - "$run_dir" <<'PY'
 import json, sys
 from pathlib import Path
