@@ -54,16 +54,21 @@ def _mlp_checkpoint(path):
     return path
 
 
-def _alive_actors(class_part: str) -> list[dict]:
-    """Live actors whose class name contains `class_part` (GCS actor table: no dashboard
-    needed), each a dict with at least `Pid` and `Address.NodeID`."""
+def _alive_actors(class_part: str, since: float = 0.0) -> list[dict]:
+    """Live actors whose class name contains `class_part` and that started after `since`
+    (seconds; earlier tests' actors may still be shutting down), newest first. From the GCS
+    actor table (no dashboard needed): dicts with at least `Pid` and `Address.NodeID`."""
     import ray
 
-    return [
+    found = [
         a
         for a in ray._private.state.actors().values()
-        if class_part in a["ActorClassName"] and a["State"] == "ALIVE" and a["Pid"]
+        if class_part in a["ActorClassName"]
+        and a["State"] == "ALIVE"
+        and a["Pid"]
+        and a["StartTime"] >= since * 1000
     ]
+    return sorted(found, key=lambda a: a["StartTime"], reverse=True)
 
 
 def _wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
@@ -93,6 +98,7 @@ def _run_in_thread(fn, *args, **kwargs):
 def test_killed_denoise_actor_is_replaced_and_every_id_comes_out_once(ray_cluster, tmp_path):
     from sfbd.stages.denoise import read_denoised, run_denoise
 
+    t_start = time.time()
     data = _toy_data(tmp_path, num=6000)
     ckpt = _mlp_checkpoint(tmp_path / "init.pt")
     out = tmp_path / "denoised"
@@ -101,7 +107,7 @@ def test_killed_denoise_actor_is_replaced_and_every_id_comes_out_once(ray_cluste
 
     def busy_actor():
         # Killed once it has denoised something, i.e. mid-stage.
-        found = _alive_actors("MapWorker")
+        found = _alive_actors("MapWorker", since=t_start)
         return found[0] if found and (tmp_path / "denoised.tmp").is_dir() else None
 
     actor = _wait_for(busy_actor, 120, "a denoise actor")
@@ -109,7 +115,7 @@ def test_killed_denoise_actor_is_replaced_and_every_id_comes_out_once(ray_cluste
     os.kill(actor["Pid"], signal.SIGKILL)
     t_kill = time.time()
     replacement = _wait_for(
-        lambda: [a for a in _alive_actors("MapWorker") if a["Pid"] != actor["Pid"]],
+        lambda: [a for a in _alive_actors("MapWorker", t_start) if a["Pid"] != actor["Pid"]],
         120,
         "a replacement denoise actor",
     )
@@ -131,6 +137,7 @@ def test_killed_denoise_actor_is_replaced_and_every_id_comes_out_once(ray_cluste
 def test_killed_train_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_path):
     from sfbd.stages.refit import run_train
 
+    t_start = time.time()
     data = _toy_data(tmp_path)
     storage = tmp_path / "train"
     train = TrainConfig(
@@ -146,7 +153,7 @@ def test_killed_train_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_p
         return sorted(d for d in stage.glob("checkpoint_*") if d.is_dir()) if stage.is_dir() else []
 
     _wait_for(lambda: len(checkpoints()) >= 2, 300, "two train checkpoints")
-    worker = _alive_actors("RayTrainWorker")[0]
+    worker = _wait_for(lambda: _alive_actors("RayTrainWorker", t_start), 60, "the worker")[0]
     newest = checkpoints()[-1]
     os.kill(worker["Pid"], signal.SIGKILL)
     thread.join(600)
@@ -174,6 +181,7 @@ def _scrape(pattern: str) -> list[str]:
 
 
 def test_killed_orchestrator_run_resumes_with_nothing_lost_or_duplicated(ray_cluster, tmp_path):
+    t_start = time.time()
     run = tmp_path / "run"
     args = ["--config", "toy2d", "--run-dir", str(run), "--address", ray_cluster]
     args += ["--set", "iterations=2", "--set", "train.pretrain_kimg=40"]
@@ -204,7 +212,7 @@ def test_killed_orchestrator_run_resumes_with_nothing_lost_or_duplicated(ray_clu
         running = [line for line in stage if 'stage="refit_001"' in line]
         assert running and running[0].endswith(" 1.0"), stage
         assert sum(float(line.rsplit(" ", 1)[1]) for line in denoised) >= 9800
-        orch = _alive_actors("Orchestrator")[0]
+        orch = _alive_actors("Orchestrator", t_start)[0]
         os.kill(orch["Pid"], signal.SIGKILL)
         output, _ = proc.communicate(timeout=120)
     finally:

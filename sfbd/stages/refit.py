@@ -116,13 +116,18 @@ def train_loop_per_worker(cfg: dict) -> None:
     model = build_denoiser(net_cfg)
     total_images = int(cfg["kimg"] * 1000)
 
+    # Resume from the newer of what Ray Train recorded (a worker restarted by FailureConfig)
+    # and the stage's own storage folder (a restarted driver; or a checkpoint uploaded just
+    # before the worker died, which the controller had not recorded yet).
+    candidates = [latest_state(cfg["storage"])]
     checkpoint = ray.train.get_checkpoint()
-    resume_state = None
-    if checkpoint is not None:  # a worker restarted by FailureConfig
+    if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            resume_state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-    else:  # a restarted driver: the stage's own storage folder
-        resume_state = latest_state(cfg["storage"])
+            candidates.append(
+                torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+            )
+    candidates = [c for c in candidates if c is not None]
+    resume_state = max(candidates, key=lambda c: c["images_seen"]) if candidates else None
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         if rank == 0:
