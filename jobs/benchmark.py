@@ -68,7 +68,7 @@ from sfbd.config import DenoiseConfig, TrainConfig
 from sfbd.data.prepare import DATA_FORMAT
 from sfbd.data.split import observe
 from sfbd.data.store import read_manifest, read_split, write_manifest, write_shards
-from sfbd.diffusion.ema import EMA, ema_beta
+from sfbd.diffusion.ema import EMA
 from sfbd.diffusion.loss import EDMLoss
 from sfbd.diffusion.networks import (
     PRESETS,
@@ -80,7 +80,7 @@ from sfbd.diffusion.networks import (
 )
 from sfbd.diffusion.samplers import backward_denoise, network_evaluations
 from sfbd.stages import denoise as denoise_stage
-from sfbd.stages.refit import _step_seed, load_items, train_loop_per_worker
+from sfbd.stages.refit import draw_batch, load_items, train_loop_per_worker, train_step
 
 TARGETS = {"ray_data_ratio": 0.95, "ray_train_ratio": 0.95, "compiled_ddpmpp_peak": 0.40}
 
@@ -311,37 +311,10 @@ def plain_train(cfg: dict, steps: int) -> dict:
     images_seen, calls, losses = 0, [], []
     for step in range(steps):
         t0 = time.time()
-        rng = np.random.default_rng(_step_seed(cfg["seed"], cfg["stage"], 0, step))
-        torch.manual_seed(_step_seed(cfg["seed"], cfg["stage"] + "/noise", 0, step))
-        which = rng.choice(len(sets), size=train.batch_size, p=weights)
-        parts = [
-            sets_t[k][
-                torch.from_numpy(rng.integers(0, len(sets[k]), int((which == k).sum()))).to(device)
-            ]
-            for k in range(len(sets))
-            if (which == k).any()
-        ]
-        x = torch.cat(parts)
-        warm = min(images_seen / max(train.warmup_kimg * 1000, 1e-8), 1.0)
-        for group in opt.param_groups:
-            group["lr"] = train.lr * max(warm, 1e-3)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(
-            device.type, torch.bfloat16, enabled=train.bf16 and device.type == "cuda"
-        ):
-            loss = loss_fn(model, x).mean()
-        loss.backward()
-        for p in model.parameters():
-            if p.grad is not None:
-                torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
-        if train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-        opt.step()
+        x = draw_batch(sets_t, weights, train.batch_size, cfg["seed"], cfg["stage"], 0, step)
+        bf16 = train.bf16 and device.type == "cuda"
+        loss = train_step(model, model, opt, ema, loss_fn, x, train, images_seen, bf16)
         images_seen += train.batch_size
-        beta = ema_beta(
-            train.batch_size, train.ema_halflife_kimg * 1000, train.ema_rampup_ratio, images_seen
-        )
-        ema.update(model, beta)
         losses.append(loss.item())
         calls.append(Call(t0, time.time(), train.batch_size))
     return {"calls": [dataclasses.asdict(c) for c in calls], "loss": float(np.mean(losses))}

@@ -101,6 +101,57 @@ def _step_seed(seed: int, stage: str, rank: int, step: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+def draw_batch(
+    sets_t: list[torch.Tensor],
+    weights: np.ndarray,
+    size: int,
+    seed: int,
+    stage: str,
+    rank: int,
+    step: int,
+) -> torch.Tensor:
+    """One rank's batch of a step: items drawn from the sets by `weights`, reproducibly from
+    (seed, stage, rank, step); also seeds the step's EDM noise."""
+    rng = np.random.default_rng(_step_seed(seed, stage, rank, step))
+    torch.manual_seed(_step_seed(seed, stage + "/noise", rank, step))
+    which = rng.choice(len(sets_t), size=size, p=weights)
+    device = sets_t[0].device
+    parts = [
+        sets_t[k][
+            torch.from_numpy(rng.integers(0, len(sets_t[k]), int((which == k).sum()))).to(device)
+        ]
+        for k in range(len(sets_t))
+        if (which == k).any()
+    ]
+    return torch.cat(parts)
+
+
+def train_step(
+    model, ddp_model, opt, ema, loss_fn, x, train: TrainConfig, images_seen: int, bf16: bool
+) -> torch.Tensor:
+    """One EDM training step: warm-up learning rate, loss, backward, gradient clean-up and
+    clipping, Adam, EMA (EDM's training loop). Returns the loss."""
+    warm = min(images_seen / max(train.warmup_kimg * 1000, 1e-8), 1.0)
+    for group in opt.param_groups:
+        group["lr"] = train.lr * max(warm, 1e-3)
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+        loss = loss_fn(ddp_model, x).mean()
+    loss.backward()
+    for p in model.parameters():
+        if p.grad is not None:
+            torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+    if train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+    opt.step()
+    seen = images_seen + train.batch_size
+    ema.update(
+        model,
+        ema_beta(train.batch_size, train.ema_halflife_kimg * 1000, train.ema_rampup_ratio, seen),
+    )
+    return loss
+
+
 def train_loop_per_worker(cfg: dict) -> None:
     """Ray Train worker function. `cfg`: train, network, sets, item_shape, kimg, stage, seed,
     init_checkpoint (EMA weights to start from, or None)."""
@@ -202,41 +253,9 @@ def train_loop_per_worker(cfg: dict) -> None:
 
     while images_seen < total_images:
         step = images_seen // train.batch_size
-        rng = np.random.default_rng(_step_seed(cfg["seed"], cfg["stage"], rank, step))
-        torch.manual_seed(_step_seed(cfg["seed"], cfg["stage"] + "/noise", rank, step))
-        which = rng.choice(len(sets), size=local_batch, p=weights)
-        parts = [
-            sets_t[k][
-                torch.from_numpy(rng.integers(0, len(sets[k]), int((which == k).sum()))).to(device)
-            ]
-            for k in range(len(sets))
-            if (which == k).any()
-        ]
-        x = torch.cat(parts)
-        # Learning-rate warm-up over `warmup_kimg`, as in EDM's training loop.
-        warm = min(images_seen / max(train.warmup_kimg * 1000, 1e-8), 1.0)
-        for group in opt.param_groups:
-            group["lr"] = train.lr * max(warm, 1e-3)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            loss = loss_fn(ddp_model, x).mean()
-        loss.backward()
-        for p in model.parameters():
-            if p.grad is not None:
-                torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
-        if train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-        opt.step()
+        x = draw_batch(sets_t, weights, local_batch, cfg["seed"], cfg["stage"], rank, step)
+        loss = train_step(model, ddp_model, opt, ema, loss_fn, x, train, images_seen, bf16)
         images_seen += train.batch_size
-        ema.update(
-            model,
-            ema_beta(
-                train.batch_size,
-                train.ema_halflife_kimg * 1000,
-                train.ema_rampup_ratio,
-                images_seen,
-            ),
-        )
         losses.append(loss.item())
         if len(losses) == 1:
             t_first, images_first = time.time(), images_seen
