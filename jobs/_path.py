@@ -1,6 +1,7 @@
-"""Imported first by every job script: `jobs/sfbd.py` shares the package's name, so the jobs
-folder must not shadow the `sfbd` package. Puts the project root first instead (under
-`ray job submit --working-dir .` that is the uploaded copy)."""
+"""Imported first by every job shim. `python jobs/sfbd.py` puts jobs/ first on sys.path, where
+`sfbd.py` would shadow the `sfbd` package; this puts the project root there instead (under
+`ray job submit --working-dir .` that is the uploaded copy). The only sys.path change in the
+project."""
 
 import os
 import sys

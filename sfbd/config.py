@@ -12,46 +12,19 @@ from pathlib import Path
 
 import yaml
 
+from sfbd.data.prepare import DataConfig
 from sfbd.diffusion.networks import NetworkConfig
+from sfbd.diffusion.training import TrainConfig
 
-
-@dataclass
-class DataConfig:
-    """What `jobs/prepare_data.py` takes (used when no prepared `--data` is given)."""
-
-    dataset: str = "toy2d"
-    clean_fraction: float = 0.04
-    sigma: float = 0.59
-    seed: int = 0
-    root: str | None = None
-    limit: int | None = None
-    num: int = 20000
-    shard_size: int = 8192
-
-
-@dataclass
-class TrainConfig:
-    """Pretraining and refits (Ray Train). Durations and EMA in thousands of images (kimg)."""
-
-    batch_size: int = 128  # global batch, split across workers
-    lr: float = 1e-3
-    warmup_kimg: float = 1.0
-    ema_halflife_kimg: float = 0.5
-    ema_rampup_ratio: float | None = 0.05
-    pretrain_kimg: float = 20.0
-    refit_kimg: float = 10.0
-    checkpoint_kimg: float = 5.0  # Ray Train checkpoint interval (resume granularity)
-    log_kimg: float = 2.0
-    clean_weight: float | None = None  # share of clean items in refit batches; None: by set size
-    num_workers: int = 1  # >= 1 (local mode, 0, does not persist checkpoints: no resume)
-    use_gpu: bool = False
-    bf16: bool = True  # bf16 autocast of the forward/backward pass on GPUs (no effect on CPUs)
-    cpus_per_worker: float = 1.0
-    threads: int = 0  # torch threads per worker; 0: Ray's default (OMP_NUM_THREADS)
-    max_failures: int = 3
-    grad_clip: float = 0.0  # max global gradient norm per step; 0: no clipping (EDM)
-    P_mean: float = -1.2
-    P_std: float = 1.2
+__all__ = [
+    "DataConfig",
+    "DenoiseConfig",
+    "EvalConfig",
+    "NetworkConfig",
+    "SFBDConfig",
+    "TrainConfig",
+    "load_config",
+]
 
 
 @dataclass
@@ -164,9 +137,10 @@ class SFBDConfig:
                 f"config: train.batch_size = {self.train.batch_size} is not "
                 f"divisible by train.num_workers = {workers}"
             )
-        from sfbd.data.prepare import PrepareConfig
-
-        PrepareConfig(**dataclasses.asdict(self.data), out="-").validate()
+        try:
+            self.data.validate()
+        except (ValueError, OSError) as exc:
+            raise type(exc)(f"config: data.{exc}") from None
         self.network.shape()  # unknown preset or override keys
 
     def to_dict(self) -> dict:
@@ -253,6 +227,39 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def parse_yaml(text: str, what: str) -> dict:
+    """A YAML mapping, or a one-line error naming `what` (and the line, where YAML gives one)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{what}, line {mark.line + 1}" if mark is not None else what
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"config: {where}: not valid YAML ({problem})") from None
+    if data is None:
+        raise ValueError(f"config: {what} is empty; expected a mapping of config keys")
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"config: {what}: the top level is a {type(data).__name__}; "
+            f"expected a mapping of config keys (name, iterations, data, train, ...)"
+        )
+    return data
+
+
+def renamed_keys(data: dict, note=print) -> dict:
+    """Read keys renamed since a config was written as their new names, with a note:
+    `data.sigma` is `data.tau` (the observation noise; EDM's sigma is the diffusion level)."""
+    section = data.get("data")
+    if isinstance(section, dict) and "sigma" in section:
+        if "tau" in section:
+            raise ValueError(
+                "config: data.sigma and data.tau both given; data.sigma is now data.tau"
+            )
+        section["tau"] = section.pop("sigma")
+        note("note: config: data.sigma is now data.tau; read as data.tau")
+    return data
+
+
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> SFBDConfig:
     """A preset name (see `preset_names()`) or a YAML path, then `--set` overrides."""
     path = Path(name_or_path)
@@ -267,12 +274,17 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> SFBDCo
             f"config: unknown preset {name_or_path!r}; "
             f"presets: {', '.join(preset_names())}, or a .yaml path"
         )
-    data = yaml.safe_load(text) or {}
+    data = parse_yaml(text, str(path) if path.suffix else f"preset {name_or_path}")
     data.setdefault("name", path.stem if path.suffix else name_or_path)
-    data = apply_overrides(data, overrides or [])
+    data = renamed_keys(apply_overrides(renamed_keys(data), overrides or []))
     config = from_dict(SFBDConfig, data)
     config.validate()
     return config
+
+
+def config_from_text(text: str, what: str) -> SFBDConfig:
+    """A config written back by a run (`config.yaml`), older key names included."""
+    return from_dict(SFBDConfig, renamed_keys(parse_yaml(text, what)))
 
 
 def dump_config(config: SFBDConfig) -> str:

@@ -1,146 +1,88 @@
 """The orchestrator: drives pretrain -> (denoise -> refit -> evaluate) x K (Lu, Wu & Yu 2025,
 Algorithm 1) as a named Ray actor, persisting its state in the run directory after every
 stage, so that started again on the same run directory it continues from the first
-unfinished stage (and a finished run returns at once).
-
-Run directory:
-
-    config.yaml                resolved configuration
-    state.json                 completed stages with their timings and summaries
-    data/                      prepared data (when no --data was given)
-    checkpoints/iter_000.pt    EMA denoiser after pretraining; iter_{k:03d}.pt after iteration k
-    denoised/iter_{k:03d}/     denoised noisy set of iteration k (Parquet, id + x) + _COMPLETE.json
-    grids/                     iter_{k:03d}_samples.png, _denoised.png (toy: _points.png)
-    metrics.jsonl              one JSON object per evaluation; metrics.png: metric per iteration
-    train/                     Ray Train storage: per stage its checkpoints (resume points)
-"""
+unfinished stage (and a finished run returns at once). The files it writes are named by
+`sfbd.rundir.RunDir`."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import ray
-import yaml
 
-from sfbd.config import SFBDConfig, from_dict
 from sfbd.data.store import read_manifest
-from sfbd.runfiles import Where, checkpoint_complete, is_complete, read_json, write_json_atomic
-from sfbd.storage import Location
+from sfbd.plan import Stage, plan
+from sfbd.rundir import RunDir
+from sfbd.runfiles import checkpoint_complete, is_complete
+from sfbd.stages.refit import TrainJob, TrainSet
+from sfbd.storage import Location, Where
 from sfbd.telemetry import RunMetrics
-
-STATE = "state.json"
-CONFIG = "config.yaml"
-METRICS = "metrics.jsonl"
-
-
-def stage_names(iterations: int) -> list[str]:
-    names = ["pretrain", "evaluate_000"]
-    for k in range(1, iterations + 1):
-        names += [f"denoise_{k:03d}", f"refit_{k:03d}", f"evaluate_{k:03d}"]
-    return names
-
-
-def read_state(run_dir: Where) -> dict:
-    path = Location.of(run_dir) / STATE
-    if path.is_file():
-        return read_json(path)
-    return {"completed": {}, "finished": False}
-
-
-def read_metrics(run_dir: Where) -> list[dict]:
-    path = Location.of(run_dir) / METRICS
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def append_metrics(run_dir: Where, row: dict) -> None:
-    """Add one record to metrics.jsonl (rewritten whole: object stores cannot append)."""
-    path = Location.of(run_dir) / METRICS
-    text = path.read_text() if path.is_file() else ""
-    path.write_text(text + json.dumps(row) + "\n")
 
 
 class Orchestrator:
     """Runs the SFBD loop for one run directory. Create it as a Ray actor (see `start`)."""
 
     def __init__(self, run_dir: str, data_dir: str):
-        self.run_dir = Location.of(run_dir)
+        self.run = RunDir(run_dir)
         self.data_dir = Location.of(data_dir)
-        raw = yaml.safe_load((self.run_dir / CONFIG).read_text())
-        self.config: SFBDConfig = from_dict(SFBDConfig, raw)
+        self.config = self.run.read_config()
         self.item_shape = tuple(read_manifest(self.data_dir)["item_shape"])
-        self.state = read_state(self.run_dir)
-        self.metrics = RunMetrics(self.run_dir.name)
-
-    # -- helpers ------------------------------------------------------------------------------
+        self.state = self.run.read_state()
+        self.metrics = RunMetrics(self.run.name)
 
     def _log(self, msg: str) -> None:
         print(f"[sfbd {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    def ckpt(self, k: int) -> Location:
-        return self.run_dir / "checkpoints" / f"iter_{k:03d}.pt"
+    def _output_exists(self, stage: Stage) -> bool:
+        k = stage.iteration
+        if stage.trains:
+            return checkpoint_complete(self.run.checkpoint(k))
+        if stage.kind == "denoise":
+            return is_complete(self.run.denoised(k))
+        return self.run.metrics_row(k) is not None
 
-    def denoised(self, k: int) -> Location:
-        return self.run_dir / "denoised" / f"iter_{k:03d}"
-
-    def _output_exists(self, name: str) -> bool:
-        kind, _, num = name.partition("_")
-        if kind == "pretrain":
-            return checkpoint_complete(self.ckpt(0))
-        k = int(num)
-        if kind == "denoise":
-            return is_complete(self.denoised(k))
-        if kind == "refit":
-            return checkpoint_complete(self.ckpt(k))
-        return any(r.get("iteration") == k for r in read_metrics(self.run_dir))
-
-    def _save_state(self) -> None:
-        write_json_atomic(self.run_dir / STATE, self.state)
+    def _done(self, stage: Stage | str) -> dict:
+        return self.state["completed"][str(stage)]
 
     # -- stages -------------------------------------------------------------------------------
 
-    def _train(self, stage: str, k: int) -> dict:
+    def _train(self, stage: Stage) -> dict:
         from sfbd.stages.refit import run_train
 
-        c = self.config
-        sets = [{"path": str(self.data_dir / "clean"), "weight": c.train.clean_weight}]
-        tags = {"run": self.run_dir.name, "stage": stage}
-        if k > 0:
-            other = None if c.train.clean_weight is None else 1 - c.train.clean_weight
-            sets.append({"path": str(self.denoised(k)), "weight": other})
-        if k > 0 and c.train.clean_weight == 1:
-            sets = sets[:1]
-        kimg = c.train.pretrain_kimg if k == 0 else c.train.refit_kimg
-        return run_train(
-            stage,
-            self.ckpt(k),
-            self.run_dir / "train",
-            c.train,
-            c.network,
-            sets,
-            self.item_shape,
-            kimg,
-            c.seed,
-            init_checkpoint=self.ckpt(k - 1) if k > 0 else None,
-            extra={"iteration": k},
-            log=self._log,
-            metric_tags=tags,
+        c, k = self.config, stage.iteration
+        w = c.train.clean_weight
+        sets = [TrainSet(path=str(self.data_dir / "clean"), weight=w)]
+        if k > 0 and w != 1:
+            sets.append(
+                TrainSet(path=str(self.run.denoised(k)), weight=None if w is None else 1 - w)
+            )
+        job = TrainJob(
+            stage=stage.key,
+            train=c.train,
+            network=c.network,
+            sets=sets,
+            item_shape=self.item_shape,
+            kimg=c.train.pretrain_kimg if k == 0 else c.train.refit_kimg,
+            seed=c.seed,
+            storage=str(self.run.train),
+            init_checkpoint=str(self.run.checkpoint(k - 1)) if k > 0 else None,
+            metric_tags={"run": self.run.name, "stage": stage.key},
         )
+        return run_train(job, self.run.checkpoint(k), log=self._log, iteration=k)
 
-    def _denoise(self, k: int) -> dict:
+    def _denoise(self, stage: Stage) -> dict:
         from sfbd.stages.denoise import run_denoise
 
+        k = stage.iteration
         r = run_denoise(
             self.data_dir,
-            self.ckpt(k - 1),
-            self.denoised(k),
+            self.run.checkpoint(k - 1),
+            self.run.denoised(k),
             self.config.denoise,
             self.config.seed,
             k,
             log=self._log,
-            metric_tags={"run": self.run_dir.name},
+            metric_tags={"run": self.run.name},
         )
         self.metrics.denoised(r.images_per_s)
         return {
@@ -151,107 +93,88 @@ class Orchestrator:
             "stats": r.stats,
         }
 
-    def _evaluate(self, k: int) -> dict:
-        from sfbd.stages.evaluate import compute_metrics, generate_with_ray
+    def _evaluate(self, stage: Stage) -> dict:
+        from sfbd.stages.evaluate import evaluate_on_ray
         from sfbd.viz import save_metric_plot
 
-        c = self.config.eval
-        samples = generate_with_ray(self.ckpt(k), c, name=f"generate_{k:03d}")
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        task = ray.remote(compute_metrics).options(
-            num_cpus=1, num_gpus=gpus, name=f"evaluate_{k:03d}"
+        k = stage.iteration
+        record = evaluate_on_ray(
+            self.run,
+            self.run.grid_prefix(k),
+            self.run.checkpoint(k),
+            self.data_dir,
+            self.config.eval,
+            self.run.denoised(k) if k > 0 else None,
+            name=stage.key,
         )
-        record = ray.get(
-            task.remote(
-                str(self.run_dir / "grids"),
-                f"iter_{k:03d}",
-                str(self.data_dir),
-                samples,
-                c,
-                str(self.denoised(k)) if k > 0 else None,
-                str(self.run_dir / "cache"),
-            )
-        )
-        done = self.state["completed"]
         row = {"iteration": k, **record}
         if k == 0:
-            row["train_loss"] = done["pretrain"]["loss"]
-            row["seconds"] = {"pretrain": done["pretrain"]["seconds"]}
+            pretrain = self._done("pretrain")
+            row["train_loss"] = pretrain["loss"]
+            row["seconds"] = {"pretrain": pretrain["seconds"]}
         else:
-            row["train_loss"] = done[f"refit_{k:03d}"]["loss"]
-            row["seconds"] = {
-                "denoise": done[f"denoise_{k:03d}"]["seconds"],
-                "refit": done[f"refit_{k:03d}"]["seconds"],
-            }
-            row["denoised"] = {
-                "count": done[f"denoise_{k:03d}"]["count"],
-                **done[f"denoise_{k:03d}"]["stats"],
-            }
-        append_metrics(self.run_dir, row)
+            denoise, refit = self._done(Stage("denoise", k)), self._done(Stage("refit", k))
+            row["train_loss"] = refit["loss"]
+            row["seconds"] = {"denoise": denoise["seconds"], "refit": refit["seconds"]}
+            row["denoised"] = {"count": denoise["count"], **denoise["stats"]}
+        self.run.append_metrics(row)
         metric = row["metric"]
         self.metrics.evaluated(metric, row[metric])
-        save_metric_plot(read_metrics(self.run_dir), metric, self.run_dir / "metrics.png")
+        save_metric_plot(self.run.read_metrics(), metric, self.run.metrics_plot)
         self._log(f"evaluate {k:03d}: {metric} = {row[metric]:.4f}")
         return {"metric": metric, metric: row[metric]}
 
-    def _run_stage(self, name: str) -> dict:
-        kind, _, num = name.partition("_")
-        if kind == "pretrain":
-            return self._train("pretrain", 0)
-        k = int(num)
-        if kind == "denoise":
-            return self._denoise(k)
-        if kind == "refit":
-            return self._train(name, k)
-        return self._evaluate(k)
+    def _run_stage(self, stage: Stage) -> dict:
+        if stage.trains:
+            return self._train(stage)
+        if stage.kind == "denoise":
+            return self._denoise(stage)
+        return self._evaluate(stage)
 
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self) -> dict:
         """Run every unfinished stage in order; return the state and the metrics."""
-        names = stage_names(self.config.iterations)
-        for i, name in enumerate(names):
-            if not (name in self.state["completed"] and self._output_exists(name)):
-                if name.startswith("evaluate") and self._output_exists(name):
-                    # The record was appended but the state not saved: keep the record.
-                    row = self._metrics_row(name)
-                    self.state["completed"][name] = {
-                        "metric": row["metric"],
-                        row["metric"]: row[row["metric"]],
-                        "seconds": 0.0,
-                        "recovered": True,
-                    }
-                else:
-                    self._log(f"stage {i + 1}/{len(names)}: {name}")
-                    self.state["current"] = name
-                    self._save_state()
-                    self.metrics.stage_started(name, i, len(names))
-                    t0 = time.time()
-                    result = self._run_stage(name)
-                    self.state["completed"][name] = {
-                        **result,
-                        "seconds": result.get("seconds", time.time() - t0),
-                        "wall_seconds": time.time() - t0,
-                    }
-                    self.state["current"] = None
-                self._save_state()
-        self.metrics.finished(len(names))
+        stages = plan(self.config.iterations)
+        for i, stage in enumerate(stages):
+            if stage.key in self.state["completed"] and self._output_exists(stage):
+                continue
+            if stage.kind == "evaluate" and self._output_exists(stage):
+                # The record was appended but the state not saved: keep the record.
+                row = self.run.metrics_row(stage.iteration)
+                self.state["completed"][stage.key] = {
+                    "metric": row["metric"],
+                    row["metric"]: row[row["metric"]],
+                    "seconds": 0.0,
+                    "recovered": True,
+                }
+            else:
+                self._log(f"stage {i + 1}/{len(stages)}: {stage}")
+                self.state["current"] = stage.key
+                self.run.write_state(self.state)
+                self.metrics.stage_started(stage, i)
+                t0 = time.time()
+                result = self._run_stage(stage)
+                self.state["completed"][stage.key] = {
+                    **result,
+                    "seconds": result.get("seconds", time.time() - t0),
+                    "wall_seconds": time.time() - t0,
+                }
+                self.state["current"] = None
+            self.run.write_state(self.state)
+        self.metrics.finished(len(stages))
         if not self.state.get("finished"):
             self.state["finished"] = True
-            self._save_state()
+            self.run.write_state(self.state)
         else:
-            self._log(f"run {self.run_dir} already finished; nothing to do")
+            self._log(f"run {self.run} already finished; nothing to do")
         return self.summary()
-
-    def _metrics_row(self, name: str) -> dict:
-        k = int(name.partition("_")[2])
-        return [r for r in read_metrics(self.run_dir) if r["iteration"] == k][-1]
 
     def summary(self) -> dict:
         return {
-            "run_dir": str(self.run_dir),
+            "run_dir": str(self.run),
             "state": self.state,
-            "metrics": read_metrics(self.run_dir),
+            "metrics": self.run.read_metrics(),
         }
 
 
@@ -260,7 +183,7 @@ def start(run_dir: Where, data_dir: Where):
     the caller's placement group (a Tune trial's), so its stages get the cluster's resources."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    name = f"sfbd-orchestrator:{Location.of(run_dir)}"
+    name = f"sfbd-orchestrator:{RunDir(run_dir)}"
     actor_cls = ray.remote(num_cpus=0, max_restarts=0)(Orchestrator)
     return actor_cls.options(
         name=name,

@@ -1,14 +1,34 @@
-"""Setting up a run directory and checking a config against the cluster (shared by
-`jobs/sfbd.py` and the Tune sweep)."""
+"""The one driver: `fit` runs SFBD end to end for a config and a run directory. The CLI
+(`sfbd run`, `jobs/sfbd.py`), the Python API (`sfbd.fit`), sweep trials and the experiment
+table all start runs through it; a rerun on the same run directory resumes.
+
+    import sfbd
+    summary = sfbd.fit("toy2d", run_dir="runs/x", overrides=["iterations=2"])
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import time
+from collections.abc import Callable, Sequence
 
-import yaml
-
-from sfbd.config import SFBDConfig, dump_config, from_dict
+from sfbd.config import SFBDConfig, load_config
+from sfbd.data.store import MANIFEST, read_manifest, verify_split
+from sfbd.rundir import RunDir
 from sfbd.storage import Location, Where
+
+BASELINES = ("noisy", "all-clean")
+
+
+class StageFailed(RuntimeError):
+    """A stage of a run failed; the run directory holds everything finished before it."""
+
+    def __init__(self, stage: str | None, reason: str):
+        super().__init__(f"stage {stage} failed: {reason}")
+        self.stage, self.reason = stage, reason
+
+
+def log(msg: str) -> None:
+    print(f"[sfbd] {msg}", flush=True)
 
 
 def check_resources(config: SFBDConfig, resources: dict) -> None:
@@ -32,22 +52,47 @@ def check_resources(config: SFBDConfig, resources: dict) -> None:
         )
 
 
-def prepare_run_dir(config: SFBDConfig, run_dir: Where, data: Where | None) -> Location:
-    """Check that the run directory is writable, resolve the data and the network shape, and
-    write (or check) config.yaml. Returns the data's location."""
-    from sfbd.data.prepare import PrepareConfig, prepare
-    from sfbd.data.store import read_manifest, verify_split
-    from sfbd.orchestrator import CONFIG
+def resolve(
+    config: SFBDConfig | str,
+    overrides: Sequence[str] = (),
+    run_dir: Where | None = None,
+    data: Where | None = None,
+    baselines: Sequence[str] = (),
+) -> tuple[SFBDConfig, RunDir, Location | None]:
+    """Everything that can be checked before Ray starts: the config (a preset name, a YAML
+    path or an `SFBDConfig`, then `overrides`), the run directory (writable; default
+    `runs/<config name>`) and prepared data. One-line `ValueError`/`OSError` otherwise."""
+    if isinstance(config, str):
+        config = load_config(config, list(overrides))
+    else:
+        if overrides:
+            from sfbd.config import apply_overrides, from_dict, renamed_keys
 
-    run_dir = Location.of(run_dir)
-    run_dir.check_writable("run-dir")
-    if data is None:
-        data = run_dir / "data"
-        prepare(
-            PrepareConfig(**dataclasses.asdict(config.data), out=str(data)),
-            log=lambda m: print(f"[sfbd] {m}", flush=True),
+            data_dict = renamed_keys(apply_overrides(config.to_dict(), list(overrides)))
+            config = from_dict(SFBDConfig, data_dict)
+        config.validate()
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"baselines: unknown {unknown}; allowed: {', '.join(BASELINES)}")
+    # Resolved here: Ray workers run in another working directory.
+    run = RunDir(run_dir or f"runs/{config.name}")
+    run.root.check_writable("run-dir")
+    data_loc = Location.of(data) if data is not None else None
+    if data_loc is not None and not (data_loc / MANIFEST).is_file():
+        raise FileNotFoundError(
+            f"data: {data_loc} is not a prepared data directory "
+            f"(no {MANIFEST}); run `sfbd prepare` first"
         )
-    data = Location.of(data)
+    return config, run, data_loc
+
+
+def prepare_run_dir(config: SFBDConfig, run: RunDir, data: Location | None) -> Location:
+    """Prepare the data (unless given), resolve the network's shape from it, and write (or
+    check) the run's config. Returns the data's location."""
+    from sfbd.data.prepare import prepare
+
+    if data is None:
+        data = prepare(config.data, run.data, log=log)
     manifest = read_manifest(data)
     verify_split(data)
     if config.eval.reference == "test" and manifest["source"] not in (
@@ -71,18 +116,88 @@ def prepare_run_dir(config: SFBDConfig, run_dir: Where, data: Where | None) -> L
             f"vectors of shape {shape}; use mlp"
         )
     config.network.validate()
-    text = dump_config(config)
-    path = run_dir / CONFIG
-    if path.is_file() and path.read_text() != text:
-        # Compared as configs, not text: keys added since the run began take their defaults.
+    if run.config_file.is_file():
+        # Compared as configs, not text: keys added (or renamed) since the run began.
         try:
-            same = from_dict(SFBDConfig, yaml.safe_load(path.read_text())) == config
+            same = run.read_config() == config
         except ValueError:
             same = False
         if not same:
             raise ValueError(
-                f"run-dir: {run_dir} holds a run with a different config.yaml; "
+                f"run-dir: {run} holds a run with a different config.yaml; "
                 f"use another --run-dir (or the same settings to resume)"
             )
-    path.write_text(text)
+    run.write_config(config)
     return data
+
+
+def init_ray(address: str | None = None):
+    """Connect to `address` (or RAY_ADDRESS), or start a local cluster; a session that is
+    already connected (a notebook, a Tune trial) is kept."""
+    import ray
+
+    if ray.is_initialized():
+        return None
+    return ray.init(address=address, namespace="sfbd")
+
+
+def fit(
+    config: SFBDConfig | str,
+    run_dir: Where | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    data: Where | None = None,
+    address: str | None = None,
+    baselines: Sequence[str] = (),
+    on_metrics: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run SFBD (Lu, Wu & Yu 2025, Algorithm 1) to completion, or resume it.
+
+    `config`: a preset name, a YAML path or an `SFBDConfig`; `overrides`: `key=value`
+    strings. `data`: prepared data (default: prepared into the run directory). `baselines`:
+    comparison models trained after the run (`noisy`, `all-clean`). `on_metrics` is called
+    with every `metrics.jsonl` row as it lands (rows of stages finished before a resume too).
+
+    Returns `{"run_dir", "state", "metrics", "baselines"}`. Raises `ValueError`/`OSError`
+    (one line, before any work) for bad input and `StageFailed` when a stage fails.
+    """
+    import ray
+
+    config, run, data_loc = resolve(config, overrides, run_dir, data, baselines)
+    ctx = init_ray(address)
+    check_resources(config, ray.cluster_resources())
+    data_loc = prepare_run_dir(config, run, data_loc)
+
+    from sfbd import orchestrator
+
+    t0 = time.time()
+    dashboard = getattr(ctx, "dashboard_url", None) if ctx is not None else None
+    log(
+        f"run {run} ({config.name}): {config.iterations} iterations"
+        + (f"; dashboard: {dashboard}" if dashboard else "")
+    )
+    actor = orchestrator.start(run.root, data_loc)
+    ref = actor.run.remote()
+    reported = 0
+    try:
+        while True:
+            done, _ = ray.wait([ref], timeout=1.0)
+            if on_metrics is not None:
+                rows = run.read_metrics()
+                for row in rows[reported:]:
+                    on_metrics(row)
+                reported = len(rows)
+            if done:
+                summary = ray.get(ref)
+                break
+    except ray.exceptions.RayError as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        reason = lines[-1] if lines else repr(exc)
+        raise StageFailed(run.read_state().get("current"), reason) from exc
+    log(f"finished in {time.time() - t0:.1f}s; run directory {run}")
+    summary["baselines"] = {}
+    for kind in baselines:
+        from sfbd.baselines import run_baseline
+
+        summary["baselines"][kind] = run_baseline(kind, run.root, data_loc, config)
+    return summary

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from ray.util.metrics import Counter, Gauge
 
+from sfbd.plan import Stage
+
 _METRICS: dict[str, Counter | Gauge] = {}
 
 
@@ -50,14 +52,13 @@ class RunMetrics:
         self.metric = _get(Gauge, "sfbd_metric", "latest evaluation", ("run", "metric"))
         self._running: str | None = None
 
-    def stage_started(self, name: str, index: int, total: int) -> None:
+    def stage_started(self, stage: Stage, index: int) -> None:
         if self._running is not None:
             self.stage.set(0, tags={"run": self.run, "stage": self._running})
-        self._running = name
-        self.stage.set(1, tags={"run": self.run, "stage": name})
+        self._running = stage.key
+        self.stage.set(1, tags={"run": self.run, "stage": stage.key})
         self.completed.set(index, tags={"run": self.run})
-        kind, _, num = name.partition("_")
-        self.iteration.set(0 if kind == "pretrain" else int(num), tags={"run": self.run})
+        self.iteration.set(stage.iteration, tags={"run": self.run})
 
     def finished(self, total: int) -> None:
         if self._running is not None:

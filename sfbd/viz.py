@@ -96,24 +96,24 @@ def save_metric_plot(rows: list[dict], metric: str, path: Where, size=(480, 320)
 
 
 def save_heatmap(rows: list[dict], path: Where, cell: int = 90) -> None:
-    """Final metric over (clean_fraction rows x sigma columns), darker = lower (better)."""
+    """Final metric over (clean_fraction rows x tau columns), darker = lower (better)."""
     from PIL import ImageDraw
 
     fracs = sorted({r["clean_fraction"] for r in rows})
-    sigmas = sorted({r["sigma"] for r in rows})
-    values = {(r["clean_fraction"], r["sigma"]): r["final_metric"] for r in rows}
+    taus = sorted({r["tau"] for r in rows})
+    values = {(r["clean_fraction"], r["tau"]): r["final_metric"] for r in rows}
     name = rows[0]["metric_name"] if rows else "metric"
     left, top = 90, 40
     img = Image.new(
         "RGB",
-        (left + cell * max(len(sigmas), 1) + 10, top + cell * max(len(fracs), 1) + 30),
+        (left + cell * max(len(taus), 1) + 10, top + cell * max(len(fracs), 1) + 30),
         "white",
     )
     draw = ImageDraw.Draw(img)
     lo, hi = (min(values.values()), max(values.values())) if values else (0.0, 1.0)
     for i, f in enumerate(fracs):
         draw.text((4, top + i * cell + cell // 2 - 6), f"clean {f:g}", fill="black")
-        for j, s in enumerate(sigmas):
+        for j, s in enumerate(taus):
             box = [
                 left + j * cell,
                 top + i * cell,
@@ -127,10 +127,43 @@ def save_heatmap(rows: list[dict], path: Where, cell: int = 90) -> None:
             shade = int(60 + 180 * ((v - lo) / (hi - lo) if hi > lo else 0.5))
             draw.rectangle(box, fill=(shade, shade, 255))
             draw.text((box[0] + 8, box[1] + cell // 2 - 6), f"{v:.4g}", fill="black")
-    for j, s in enumerate(sigmas):
-        draw.text((left + j * cell + 8, top + len(fracs) * cell + 8), f"sigma {s:g}", fill="black")
+    for j, s in enumerate(taus):
+        draw.text((left + j * cell + 8, top + len(fracs) * cell + 8), f"tau {s:g}", fill="black")
     draw.text((4, 8), f"final {name} (lower is better)", fill="black")
     _write_png(img, path)
+
+
+def comparison_image(pictures: list[tuple[str, Where]], path: Where) -> bool:
+    """PNG pictures side by side, each under its label (wide ones, such as the toy's point
+    plots, one above the other); False, and nothing written, when there are none."""
+    from PIL import ImageDraw
+
+    pics = [
+        (label, Image.open(io.BytesIO(Location.of(where).read_bytes())).convert("RGB"))
+        for label, where in pictures
+    ]
+    if not pics:
+        return False
+    label_h, gap = 14, 6
+    across = all(p.width <= 1.5 * p.height for _, p in pics)
+    if across:
+        width = sum(p.width for _, p in pics) + gap * (len(pics) - 1)
+        height = label_h + max(p.height for _, p in pics)
+    else:
+        width = max(p.width for _, p in pics)
+        height = sum(label_h + p.height for _, p in pics) + gap * (len(pics) - 1)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = y = 0
+    for label, pic in pics:
+        draw.text((x + 2, y + 1), label, fill="black")
+        canvas.paste(pic, (x, y + label_h))
+        if across:
+            x += pic.width + gap
+        else:
+            y += label_h + pic.height + gap
+    _write_png(canvas, path)
+    return True
 
 
 def _save(canvas: np.ndarray, path: Where) -> None:

@@ -1,7 +1,7 @@
-"""Run jobs/sfbd.py on a fresh simulated cluster (`ray.cluster_utils.Cluster`) and print, as
+"""Run `sfbd run` on a fresh simulated cluster (`ray.cluster_utils.Cluster`) and print, as
 the last line, JSON with where the train workers and denoise actors ran.
 
-    python tests/cluster_run.py --nodes 3 --cpus-per-node 1 -- <jobs/sfbd.py arguments>
+    python tests/cluster_run.py --nodes 3 --cpus-per-node 1 -- <sfbd run arguments>
 
 A separate process, because one driver connects to one cluster (the test session's own
 cluster stays up meanwhile).
@@ -12,11 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from conftest import load_job  # noqa: E402
+from sfbd.cli import main as sfbd_main
 
 
 def main() -> int:
@@ -36,7 +33,7 @@ def main() -> int:
         cluster.add_node(**node_args)
     cluster.wait_for_nodes()
     try:
-        rc = load_job("sfbd").main([*job_args, "--address", cluster.address])
+        rc = sfbd_main(["run", *job_args, "--address", cluster.address])
         placement: dict[str, list[str]] = {}
         for actor in ray._private.state.actors().values():
             for kind in ("RayTrainWorker", "MapWorker"):

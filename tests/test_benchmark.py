@@ -1,70 +1,84 @@
-"""jobs/benchmark.py at a tiny CPU size on the session's Ray cluster: the counts, rates and
-FLOP figures it reports, and the analytic FLOP counts it relies on."""
+"""`sfbd benchmark` at a tiny CPU size on the session's Ray cluster: the counts, rates and
+FLOP figures it reports, and the analytic FLOP counts it relies on (sfbd.studies.benchmark)."""
 
 import json
 import math
 
 import pytest
 import torch
-from conftest import load_job
 from torch import nn
 
-from sfbd.diffusion.networks import NetworkConfig
+from sfbd.cli import main
+from sfbd.diffusion.networks import PRESETS, NetworkConfig
 from sfbd.runfiles import COMPLETE, is_complete
+from sfbd.studies import benchmark
 
 NUM, BATCH, STEPS, TRAIN_STEPS, TRAIN_BATCH = 96, 24, 3, 5, 16
 
 
-@pytest.fixture(scope="module")
-def job():
-    return load_job("benchmark")
-
-
-def test_flop_counts_match_analytic_counts(job):
+def test_flop_counts_match_analytic_counts():
     # One Linear (bias adds are not counted): 2 * batch * in * out.
-    assert job.count_forward_flops(nn.Linear(5, 7), torch.zeros(3, 5)) == 2 * 3 * 5 * 7
+    assert benchmark.count_forward_flops(nn.Linear(5, 7), torch.zeros(3, 5)) == 2 * 3 * 5 * 7
     # One 3x3 convolution, 'same' padding: 2 * batch * H * W * cout * cin * 3 * 3.
     conv = nn.Conv2d(4, 6, 3, padding=1)
-    assert job.count_forward_flops(conv, torch.zeros(2, 4, 10, 10)) == 2 * 2 * 10 * 10 * 6 * 4 * 9
+    assert (
+        benchmark.count_forward_flops(conv, torch.zeros(2, 4, 10, 10))
+        == 2 * 2 * 10 * 10 * 6 * 4 * 9
+    )
     # The whole mlp denoiser: input layer (dim + 64 embedding -> 128), 3 residual blocks of
     # two 128 x 128 layers, output layer 128 -> dim; the sinusoidal embedding is no matmul.
     dim, h, b = 2, 128, 7
     expected = 2 * b * ((dim + 64) * h + 3 * 2 * h * h + h * dim)
-    assert job.denoiser_flops(NetworkConfig(preset="mlp", channels=dim), b) == expected
+    assert benchmark.denoiser_flops(NetworkConfig(preset="mlp", channels=dim), b) == expected
     # FLOPs of a UNet forward grow exactly linearly with the batch.
     tiny = NetworkConfig(preset="tiny", channels=1, resolution=16)
-    assert job.denoiser_flops(tiny, 6) == 3 * job.denoiser_flops(tiny, 2)
+    assert benchmark.denoiser_flops(tiny, 6) == 3 * benchmark.denoiser_flops(tiny, 2)
 
 
-def test_peak_table(job):
-    assert job.bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
-    assert job.bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
-    assert job.bf16_peak_tflops("NVIDIA H200") == 989.0
-    assert job.bf16_peak_tflops("NVIDIA L40S") == 362.0
-    assert job.bf16_peak_tflops("NVIDIA L4") == 121.0
-    assert job.bf16_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
-    assert job.bf16_peak_tflops("Tesla T4") is None
+def test_peak_table():
+    assert benchmark.bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert benchmark.bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert benchmark.bf16_peak_tflops("NVIDIA H200") == 989.0
+    assert benchmark.bf16_peak_tflops("NVIDIA L40S") == 362.0
+    assert benchmark.bf16_peak_tflops("NVIDIA L4") == 121.0
+    assert benchmark.bf16_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert benchmark.bf16_peak_tflops("Tesla T4") is None
 
 
-def test_bad_sizes_fail_before_work(job, ray_cluster, tmp_path):
+def test_bad_sizes_fail_before_work(ray_cluster, tmp_path, capsys):
     out = tmp_path / "b.json"
-    args = ["--address", ray_cluster, "--out", str(out), "--work-dir", str(tmp_path / "w")]
-    assert job.main(args + ["--num-images", "40", "--batch-size", "32"]) == 2
-    assert job.main(args + ["--train-steps", "1"]) == 2
-    assert job.main(args + ["--preset", "nope"]) == 2
+    args = ["benchmark", "--address", ray_cluster, "--out", str(out)]
+    args += ["--work-dir", str(tmp_path / "w")]
+    assert main(args + ["--num-images", "40", "--batch-size", "32"]) == 2
+    assert main(args + ["--train-steps", "1"]) == 2
+    assert main(args + ["--preset", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("error: --") for line in err), err
+    # The observation noise is tau: the old flag is refused, naming the new one.
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["--sigma", "0.3"])
+    assert exc.value.code == 2 and "--tau" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "w").exists()
+
+
+def test_help_lists_every_preset(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # no line breaks inside names
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--help"])
+    text = capsys.readouterr().out
+    assert all(name in text for name in PRESETS), text
 
 
 def _finite_positive(x) -> bool:
     return isinstance(x, float) and math.isfinite(x) and x > 0
 
 
-def test_benchmark_job_on_cpu(job, ray_cluster, tmp_path, capsys):
+def test_benchmark_on_cpu(ray_cluster, tmp_path, capsys):
     out, work = tmp_path / "bench.json", tmp_path / "work"
-    args = ["--address", ray_cluster, "--out", str(out), "--work-dir", str(work)]
+    args = ["benchmark", "--address", ray_cluster, "--out", str(out), "--work-dir", str(work)]
     args += ["--num-images", str(NUM), "--batch-size", str(BATCH), "--steps", str(STEPS)]
     args += ["--train-steps", str(TRAIN_STEPS), "--train-batch-size", str(TRAIN_BATCH)]
-    assert job.main(args) == 0
+    assert main(args) == 0
     table = capsys.readouterr().out
     assert "Ray Data stage" in table and "Ray Train" in table and "targets:" in table
 
@@ -80,7 +94,7 @@ def test_benchmark_job_on_cpu(job, ray_cluster, tmp_path, capsys):
     nfe = 2 * STEPS - 1
     assert r["nfe_per_image"] == nfe
     net = NetworkConfig(preset="tiny", channels=1, resolution=16)
-    per_forward = job.denoiser_flops(net, BATCH)
+    per_forward = benchmark.denoiser_flops(net, BATCH)
     assert r["flops"]["per_forward"] == per_forward
     assert r["flops"]["per_image_evaluation"] == pytest.approx(per_forward / BATCH)
 

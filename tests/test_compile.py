@@ -3,10 +3,11 @@
 import numpy as np
 import torch
 
+from sfbd.config import DenoiseConfig
 from sfbd.data.store import items_table, table_items
 from sfbd.diffusion.networks import NetworkConfig, build_denoiser
 from sfbd.runfiles import save_denoiser_at
-from sfbd.stages.denoise import DenoiseBatch
+from sfbd.stages.denoise import DenoiseBatch, DenoiseTask
 
 
 def test_compiled_denoise_actor_matches_eager(tmp_path):
@@ -14,21 +15,15 @@ def test_compiled_denoise_actor_matches_eager(tmp_path):
     cfg = NetworkConfig(preset="mlp", channels=2)
     ckpt = tmp_path / "mlp.pt"
     save_denoiser_at(ckpt, build_denoiser(cfg), cfg)
-    kwargs = dict(
-        checkpoint=str(ckpt),
-        tau=0.59,
-        steps=4,
-        stochastic=False,
-        sigma_min=0.002,
-        seed=0,
-        iteration=1,
-        item_shape=(2,),
-        threads=1,
-    )
+
+    def task(compile: bool) -> DenoiseTask:
+        config = DenoiseConfig(steps=4, threads=1, compile=compile)
+        return DenoiseTask(str(ckpt), 0.59, (2,), config, seed=0, iteration=1)
+
     rng = np.random.default_rng(0)
     batch = items_table(np.arange(64), rng.normal(size=(64, 2)).astype(np.float32))
-    eager = DenoiseBatch(**kwargs)
-    compiled = DenoiseBatch(**kwargs, compile=True)
+    eager = DenoiseBatch(task(compile=False))
+    compiled = DenoiseBatch(task(compile=True))
     assert compiled.denoiser is not eager.denoiser and hasattr(compiled.denoiser, "_orig_mod")
     ids_e, x_e = table_items(eager(batch), (2,))
     ids_c, x_c = table_items(compiled(batch), (2,))

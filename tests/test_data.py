@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_job
 from PIL import Image
 
+from sfbd.cli import main
 from sfbd.data import load_source, noise_for, read_manifest, read_split, verify_split
-from sfbd.data.prepare import PrepareConfig, prepare
+from sfbd.data.prepare import DataConfig, prepare
 from sfbd.data.sources import DEBIAN_FASHION_MNIST
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +28,8 @@ def npz_images(tmp_path):
 
 
 def _prepare(tmp_path, src, name="out", **kw):
-    cfg = PrepareConfig(dataset=f"npz:{src}", sigma=TAU, out=str(tmp_path / name), **kw)
-    return prepare(cfg, log=lambda *_: None).local
+    cfg = DataConfig(dataset=f"npz:{src}", tau=TAU, **kw)
+    return prepare(cfg, tmp_path / name, log=lambda *_: None).local
 
 
 @pytest.mark.parametrize("fraction,expected", [(0.04, 20), (0.1, 50), (0.5, 250), (0.998, 499)])
@@ -122,7 +122,8 @@ def test_folder_source(tmp_path):
 
 def test_toy2d(tmp_path):
     out = prepare(
-        PrepareConfig(dataset="toy2d", num=1000, clean_fraction=0.05, out=str(tmp_path / "toy")),
+        DataConfig(dataset="toy2d", num=1000, clean_fraction=0.05),
+        tmp_path / "toy",
         log=lambda *_: None,
     )
     ids, y = read_split(out, "noisy")
@@ -145,7 +146,7 @@ def test_fashion_mnist_job(tmp_path):
             "fashion-mnist",
             "--clean-fraction",
             "0.04",
-            "--sigma",
+            "--tau",
             "0.59",
             "--seed",
             "0",
@@ -177,8 +178,8 @@ def _bad_inputs(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     return [
-        (["--dataset", "toy2d", "--sigma", "0"], "sigma"),
-        (["--dataset", "toy2d", "--sigma", "-1"], "sigma"),
+        (["--dataset", "toy2d", "--tau", "0"], "tau"),
+        (["--dataset", "toy2d", "--tau", "-1"], "tau"),
         (["--dataset", "toy2d", "--clean-fraction", "0"], "clean_fraction"),
         (["--dataset", "toy2d", "--clean-fraction", "1"], "clean_fraction"),
         (["--dataset", "toy2d", "--clean-fraction", "1.5"], "clean_fraction"),
@@ -192,12 +193,33 @@ def _bad_inputs(tmp_path):
     ]
 
 
-def test_bad_inputs(tmp_path, capsys):
-    prepare_data = load_job("prepare_data")
+def test_the_old_sigma_flag_is_refused_naming_tau(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["prepare", "--dataset", "toy2d", "--sigma", "0.5", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert "--sigma is now --tau" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
+
+def test_data_prepared_before_the_tau_rename_is_still_recognised(tmp_path):
+    """A manifest whose recorded settings say `sigma` is the same data as `tau`."""
+    out = tmp_path / "toy"
+    cfg = DataConfig(dataset="toy2d", num=300, clean_fraction=0.1)
+    prepare(cfg, out, log=lambda *_: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["config"]["sigma"] = manifest["config"].pop("tau")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    seen = []
+    prepare(cfg, out, log=seen.append)  # recognised: nothing redone
+    assert "nothing to do" in seen[-1]
+    with pytest.raises(FileExistsError, match="other settings"):
+        prepare(DataConfig(dataset="toy2d", num=300, clean_fraction=0.1, tau=0.3), out)
+
+
+def test_bad_inputs(tmp_path, capsys):
     for args, needle in _bad_inputs(tmp_path):
         out = tmp_path / "out"
-        rc = prepare_data.main(args + ["--out", str(out)])
+        rc = main(["prepare", *args, "--out", str(out)])
         err = capsys.readouterr().err
         assert rc == 2, args
         assert needle in err, (args, err)

@@ -1,6 +1,6 @@
-"""jobs/experiment.py: SFBD against its baselines at two clean fractions on a tiny image set,
-the all-clean baseline reading the originals without writing them, and a resumed run that
-trains nothing."""
+"""`sfbd experiment` (sfbd.studies.experiment): SFBD against its baselines at two clean
+fractions on a tiny image set, the all-clean baseline reading the originals without writing
+them, and a resumed run that trains nothing."""
 
 import json
 import time
@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import load_job
 
+from sfbd.cli import main
 from sfbd.data.store import read_split
 
 ROWS = ["noisy-only", "pretrain-only", "SFBD iteration 1", "all-clean"]
@@ -49,7 +49,7 @@ def unique_images(tmp_path):
 
 def _files(run):
     """Every file with its modification time (config.yaml is rewritten, with the same text,
-    by every start of jobs/sfbd.py)."""
+    by every start of a run)."""
     return {
         p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != "config.yaml"
     }
@@ -63,7 +63,7 @@ def test_experiment_table_baselines_and_resume(ray_cluster, tmp_path, unique_ima
     sets = [
         f"data.dataset=npz:{unique_images}",
         "data.limit=null",
-        "data.sigma=0.5",
+        "data.tau=0.5",
         "iterations=1",
         "network.preset=tiny",
         "train.batch_size=32",
@@ -77,13 +77,17 @@ def test_experiment_table_baselines_and_resume(ray_cluster, tmp_path, unique_ima
         "eval.steps=4",
         "eval.grid=4",
         "eval.reference=clean",
+        # One torch thread per process: each holds one of the cluster's two CPUs, and two
+        # threads in processes that share a loaded core make a step many times slower.
+        "train.threads=1",
+        "denoise.threads=1",
+        "eval.threads=1",
     ]
     out = tmp_path / "exp"
-    args = ["--config", "fashion-mnist-cpu", "--clean-fractions", "0.1,0.25"]
+    args = ["experiment", "--config", "fashion-mnist-cpu", "--clean-fractions", "0.1,0.25"]
     args += ["--out", str(out), "--address", ray_cluster, "--feature-net", str(feature_net)]
     args += ["--extra-metrics", "swd"] + [a for s in sets for a in ("--set", s)]
-    job = load_job("experiment")
-    assert job.main(args) == 0
+    assert main(args) == 0
 
     results = json.loads((out / "results.json").read_text())
     assert results["columns"] == ["fd", "swd_clean"]
@@ -132,16 +136,25 @@ def test_experiment_table_baselines_and_resume(ray_cluster, tmp_path, unique_ima
     # Again: everything is read back, nothing is trained or written in the run directories.
     before = {n: _files(out / n) for n in ("cf0.1", "cf0.25")}
     t0 = time.time()
-    assert job.main(args) == 0
+    assert main(args) == 0
     assert time.time() - t0 < 40
     assert {n: _files(out / n) for n in ("cf0.1", "cf0.25")} == before
     assert json.loads((out / "results.json").read_text())["fractions"] == results["fractions"]
 
 
-def test_bad_clean_fractions_fail_before_any_work(tmp_path, capsys):
-    job = load_job("experiment")
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--clean-fractions", "0.1,1.5"], "--clean-fractions"),
+        (["--clean-fractions", "0.1,0.1"], "--clean-fractions"),
+        (["--extra-metrics", "swd,kid"], "--extra-metrics"),
+        (["--extra-metrics", "fid"], "--extra-metrics"),  # the toy models vectors
+        (["--set", "train.lrr=0.1"], "train.lrr"),
+    ],
+)
+def test_bad_input_fails_before_any_work(tmp_path, capsys, flags, named):
     out = tmp_path / "exp"
-    assert job.main(["--config", "toy2d", "--clean-fractions", "0.1,1.5", "--out", str(out)]) == 2
+    assert main(["experiment", "--config", "toy2d", "--out", str(out), *flags]) == 2
     err = capsys.readouterr().err
-    assert "--clean-fractions" in err and len(err.strip().splitlines()) == 1
+    assert named in err and len(err.strip().splitlines()) == 1
     assert not out.exists()

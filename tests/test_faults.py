@@ -6,8 +6,9 @@
   checkpoint, losing at most one checkpoint interval;
 - the orchestrator killed mid-run: the job fails saying which stage, and the same command
   resumes it (nothing lost or duplicated); the Ray metrics show the running stage meanwhile;
+  the driver killed mid-run: the same command resumes it;
 - corrupted or truncated Parquet shards and checkpoints are refused with a clear error;
-- a full disk or an unwritable run directory fails clearly, and no stage is marked complete.
+- an unwritable run directory fails before any work (a full disk: tests/test_storage.py).
 """
 
 import json
@@ -22,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_job
 
+from sfbd.cli import main
 from sfbd.config import DenoiseConfig, TrainConfig
-from sfbd.data.prepare import PrepareConfig, prepare
+from sfbd.data.prepare import DataConfig, prepare
 from sfbd.data.store import read_split
 from sfbd.diffusion.networks import NetworkConfig, build_denoiser
-from sfbd.orchestrator import read_metrics, read_state
+from sfbd.plan import plan
+from sfbd.rundir import RunDir
 from sfbd.runfiles import (
     COMPLETE,
     load_denoiser_at,
@@ -40,9 +42,14 @@ from sfbd.runfiles import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_job(args: list[str]) -> int:
+    """`python jobs/sfbd.py ARGS`, in this process."""
+    return main(["run", *args])
+
+
 def _toy_data(tmp_path, num=4000):
-    cfg = PrepareConfig(dataset="toy2d", num=num, clean_fraction=0.05, out=str(tmp_path / "data"))
-    return prepare(cfg, log=lambda *_: None).local
+    cfg = DataConfig(dataset="toy2d", num=num, clean_fraction=0.05)
+    return prepare(cfg, tmp_path / "data", log=lambda *_: None).local
 
 
 def _mlp_checkpoint(path):
@@ -135,7 +142,7 @@ def test_killed_denoise_actor_is_replaced_and_every_id_comes_out_once(ray_cluste
 
 
 def test_killed_train_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_path):
-    from sfbd.stages.refit import run_train
+    from sfbd.stages.refit import TrainJob, TrainSet, run_train
 
     t_start = time.time()
     data = _toy_data(tmp_path)
@@ -144,9 +151,9 @@ def test_killed_train_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_p
         batch_size=64, lr=2e-3, checkpoint_kimg=8, log_kimg=8, num_workers=1, threads=1
     )
     net = NetworkConfig(preset="mlp", channels=2)
-    sets = [{"path": str(data / "clean"), "weight": None}]
-    args = ("refit_001", tmp_path / "out.pt", storage, train, net, sets, (2,), 48.0, 0)
-    thread, box = _run_in_thread(run_train, *args)
+    sets = [TrainSet(path=str(data / "clean"))]
+    job = TrainJob("refit_001", train, net, sets, (2,), 48.0, 0, storage=str(storage))
+    thread, box = _run_in_thread(run_train, job, tmp_path / "out.pt")
 
     def checkpoints():
         stage = storage / "refit_001"
@@ -180,30 +187,39 @@ def _scrape(pattern: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(pattern)]
 
 
-def test_killed_orchestrator_run_resumes_with_nothing_lost_or_duplicated(ray_cluster, tmp_path):
+def test_killed_orchestrator_then_killed_driver_resume_with_nothing_lost_or_duplicated(
+    ray_cluster, tmp_path
+):
+    """One run, killed twice: its orchestrator actor in refit_001 (the driver then exits 1
+    naming the stage), and after a rerun its driver (taking the orchestrator with it) in
+    refit_002. Each rerun redoes no finished stage and continues the interrupted refit from
+    its Ray Train checkpoint; every noisy id is denoised once per iteration."""
     t_start = time.time()
     run = tmp_path / "run"
     args = ["--config", "toy2d", "--run-dir", str(run), "--address", ray_cluster]
-    args += ["--set", "iterations=2", "--set", "train.pretrain_kimg=40"]
-    args += ["--set", "train.refit_kimg=40", "--set", "train.checkpoint_kimg=10"]
-    args += ["--set", "eval.num_samples=4000"]
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "jobs" / "sfbd.py"), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        _wait_for(
-            lambda: (
-                (run / "state.json").is_file()
-                and read_state(run).get("current") == "refit_001"
-                and list((run / "train" / "refit_001").glob("checkpoint_*"))
-            ),
-            400,
-            "refit_001 with a checkpoint",
-            poll=0.5,
+    for setting in (
+        "iterations=2",
+        "train.pretrain_kimg=20",
+        "train.refit_kimg=60",
+        "train.checkpoint_kimg=10",
+        "eval.num_samples=2000",
+    ):
+        args += ["--set", setting]
+    cmd = [sys.executable, str(ROOT / "jobs" / "sfbd.py"), *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def in_refit_with_checkpoint(k: int) -> bool:
+        stage = f"refit_{k:03d}"
+        return (
+            (run / "state.json").is_file()
+            and RunDir(run).read_state().get("current") == stage
+            and bool(list((run / "train" / stage).glob("checkpoint_*")))
         )
+
+    # 1. The orchestrator dies in refit_001: the driver says which stage, exit 1.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: in_refit_with_checkpoint(1), 400, "refit_001 with a checkpoint", 0.5)
         # Meanwhile the metrics agent exports the run's stage and its denoised images.
         stage = _wait_for(lambda: _scrape("ray_sfbd_stage{"), 60, "exported stage metric")
         denoised = _wait_for(
@@ -220,18 +236,47 @@ def test_killed_orchestrator_run_resumes_with_nothing_lost_or_duplicated(ray_clu
             proc.kill()
     assert proc.returncode == 1, output
     assert "stage refit_001 failed" in output and "rerun the same command" in output
-    done_before = set(read_state(run)["completed"])
-    assert "refit_001" not in done_before and "denoise_001" in done_before
+    first = RunDir(run).read_state()
+    assert "refit_001" not in first["completed"] and "denoise_001" in first["completed"]
 
-    job = load_job("sfbd")
-    assert job.main(args) == 0
-    state, metrics = read_state(run), read_metrics(run)
+    # 2. The rerun resumes refit_001; its driver is killed in refit_002.
+    log = open(tmp_path / "second.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        _wait_for(lambda: in_refit_with_checkpoint(2), 400, "refit_002 with a checkpoint")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+    second_out = (tmp_path / "second.log").read_text()
+    assert "stage 1/8: pretrain" not in second_out and "stage 3/8: denoise_001" not in second_out
+    assert "refit_001: resumed from its checkpoint at" in second_out
+    second = RunDir(run).read_state()
+    assert "denoise_002" in second["completed"] and "refit_002" not in second["completed"]
+    assert not second.get("finished")
+    ckpt1 = (run / "checkpoints" / "iter_001.pt").stat().st_mtime_ns
+    denoised2 = (run / "denoised" / "iter_002" / "_COMPLETE.json").read_text()
+
+    # 3. The same command completes the run.
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    final, metrics = RunDir(run).read_state(), RunDir(run).read_metrics()
+    assert final["finished"] and sorted(final["completed"]) == sorted(s.key for s in plan(2))
+    # Finished stages were not redone: same records, same files.
+    for name in ("pretrain", "evaluate_000", "denoise_001"):
+        assert final["completed"][name] == first["completed"][name]
+    for name in ("refit_001", "evaluate_001", "denoise_002"):
+        assert final["completed"][name] == second["completed"][name]
+    assert (run / "checkpoints" / "iter_001.pt").stat().st_mtime_ns == ckpt1
+    assert (run / "denoised" / "iter_002" / "_COMPLETE.json").read_text() == denoised2
+    assert "stage 6/8: denoise_002" not in out and "refit_002: resumed from its checkpoint" in out
     assert [m["iteration"] for m in metrics] == [0, 1, 2]
-    assert state["completed"]["denoise_001"]["count"] == 9800  # toy2d: 10000 items, 2% clean
+    assert final["completed"]["denoise_001"]["count"] == 9800  # toy2d: 10000 items, 2% clean
     assert all(m["denoised"]["count"] == 9800 for m in metrics[1:])
-    resumed = state["completed"]["refit_001"]["resumed_from_kimg"]
-    print(f"orchestrator killed in refit_001; the rerun resumed it from {resumed} kimg")
-    assert resumed is not None and resumed >= 10 - 0.1
+    resumed = [final["completed"][f"refit_{k:03d}"]["resumed_from_kimg"] for k in (1, 2)]
+    print(f"orchestrator killed in refit_001, driver in refit_002; resumed from {resumed} kimg")
+    assert all(r is not None and r >= 10 - 0.1 for r in resumed)
 
 
 def test_corrupted_and_truncated_files_are_refused(tmp_path):
@@ -284,33 +329,9 @@ def test_corrupted_and_truncated_files_are_refused(tmp_path):
 def test_unwritable_run_dir_fails_before_any_work(tmp_path, capsys, kind):
     (tmp_path / "afile").write_text("x")
     run = tmp_path / "afile" / "run" if kind == "parent is a file" else "/proc/sfbd-run"
-    job = load_job("sfbd")
     t0 = time.time()
-    assert job.main(["--config", "toy2d", "--run-dir", str(run)]) == 2
+    assert run_job(["--config", "toy2d", "--run-dir", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: run-dir: {run} is not writable"), err
     assert len(err.splitlines()) == 1
     assert time.time() - t0 < 5  # before Ray starts
-
-
-def test_full_disk_fails_the_stage_clearly_and_marks_nothing_complete(
-    ray_cluster, tmp_path, capsys
-):
-    run = tmp_path / "run"
-    args = ["--config", "toy2d", "--run-dir", str(run), "--address", ray_cluster]
-    args += ["--set", "iterations=1", "--set", "train.pretrain_kimg=10"]
-    args += ["--set", "train.refit_kimg=10", "--set", "train.checkpoint_kimg=10"]
-    args += ["--set", "eval.num_samples=2000"]
-    # The pretrained checkpoint's bytes go to /dev/full, which answers ENOSPC like a full disk.
-    (run / "checkpoints").mkdir(parents=True)
-    os.symlink("/dev/full", run / "checkpoints" / "iter_000.pt.tmp")
-    job = load_job("sfbd")
-    assert job.main(args) == 1
-    err = capsys.readouterr().err
-    assert "stage pretrain failed" in err and "No space left on device" in err, err
-    assert "iter_000.pt" in err
-    assert not (run / "checkpoints" / "iter_000.pt").exists()
-    assert "pretrain" not in read_state(run)["completed"]
-    # With space again the same command completes, training pretrain from its checkpoint.
-    assert job.main(args) == 0
-    assert [m["iteration"] for m in read_metrics(run)] == [0, 1]

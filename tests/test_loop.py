@@ -2,10 +2,6 @@
 resume after a killed driver, and bad configurations."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,21 +9,25 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import load_job
 
+from sfbd.cli import main
 from sfbd.data.store import read_split
-from sfbd.orchestrator import read_metrics, read_state, stage_names
+from sfbd.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_job(args: list[str]) -> int:
+    """`python jobs/sfbd.py ARGS`, in this process."""
+    return main(["run", *args])
+
+
 def test_toy_sfbd_beats_pretraining_and_noisy_training(ray_cluster, tmp_path):
-    job = load_job("sfbd")
     run = tmp_path / "toy"
     args = ["--config", "toy2d", "--run-dir", str(run), "--address", ray_cluster]
     args += ["--set", "iterations=3"]
-    assert job.main(args + ["--baselines", "noisy"]) == 0
-    metrics = read_metrics(run)
+    assert run_job(args + ["--baselines", "noisy"]) == 0
+    metrics = RunDir(run).read_metrics()
     assert [m["iteration"] for m in metrics] == [0, 1, 2, 3]
     swd = [m["swd_true"] for m in metrics]
     noisy = json.loads((run / "baselines" / "noisy.json").read_text())["swd_true"]
@@ -41,10 +41,10 @@ def test_toy_sfbd_beats_pretraining_and_noisy_training(ray_cluster, tmp_path):
     # A finished run returns at once and changes nothing.
     before = (run / "state.json").read_text()
     t0 = time.time()
-    assert job.main(args) == 0
+    assert run_job(args) == 0
     assert time.time() - t0 < 30
     assert (run / "state.json").read_text() == before
-    assert len(read_metrics(run)) == 4
+    assert len(RunDir(run).read_metrics()) == 4
 
 
 @pytest.fixture
@@ -63,17 +63,16 @@ def tiny_images(tmp_path):
 
 
 def test_tiny_image_run_with_two_ddp_workers(ray_cluster, tmp_path, tiny_images):
-    job = load_job("sfbd")
-    prep = load_job("prepare_data")
     data = tmp_path / "data"
     assert (
-        prep.main(
+        main(
             [
+                "prepare",
                 "--dataset",
                 f"npz:{tiny_images}",
                 "--clean-fraction",
                 "0.1",
-                "--sigma",
+                "--tau",
                 "0.5",
                 "--out",
                 str(data),
@@ -92,6 +91,9 @@ def test_tiny_image_run_with_two_ddp_workers(ray_cluster, tmp_path, tiny_images)
         "iterations=2",
         "network.preset=tiny",
         "train.num_workers=2",
+        "train.threads=1",
+        "denoise.threads=1",
+        "eval.threads=1",
         "train.batch_size=32",
         "train.pretrain_kimg=0.64",
         "train.refit_kimg=0.32",
@@ -117,7 +119,7 @@ def test_tiny_image_run_with_two_ddp_workers(ray_cluster, tmp_path, tiny_images)
         "--address",
         ray_cluster,
     ]
-    assert job.main(args + [a for s in sets for a in ("--set", s)]) == 0
+    assert run_job(args + [a for s in sets for a in ("--set", s)]) == 0
 
     noisy_ids, _ = read_split(data, "noisy")
     for k in (1, 2):
@@ -135,7 +137,7 @@ def test_tiny_image_run_with_two_ddp_workers(ray_cluster, tmp_path, tiny_images)
         assert (run / "checkpoints" / f"iter_{k:03d}.pt").is_file()
         assert (run / "grids" / f"iter_{k:03d}_samples.png").is_file()
     assert (run / "grids" / "iter_002_denoised.png").is_file()
-    rows = read_metrics(run)
+    rows = RunDir(run).read_metrics()
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     assert rows[1]["denoised"]["count"] == 360 and "denoise" in rows[1]["seconds"]
     assert all(r["metric"] == "fd" and "features.pt" in r["feature_net"] for r in rows)
@@ -143,11 +145,11 @@ def test_tiny_image_run_with_two_ddp_workers(ray_cluster, tmp_path, tiny_images)
     assert set(rows[2]["memorization"]) == {"threshold", "clean", "denoised"}
     assert (run / "metrics.png").is_file() and (run / "grids" / "iter_002_closest.png").is_file()
 
-    sample = load_job("sample")
     out = tmp_path / "s.npz"
     assert (
-        sample.main(
+        main(
             [
+                "sample",
                 "--checkpoint",
                 str(run / "checkpoints" / "iter_002.pt"),
                 "--num",
@@ -165,70 +167,6 @@ def test_tiny_image_run_with_two_ddp_workers(ray_cluster, tmp_path, tiny_images)
     assert images.min() >= -1 and images.max() <= 1
 
 
-def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
-    run = tmp_path / "toy"
-    sets = [
-        "iterations=2",
-        "train.pretrain_kimg=20",
-        "train.refit_kimg=300",
-        "train.checkpoint_kimg=10",
-        "eval.num_samples=2000",
-    ]
-    cmd = [
-        sys.executable,
-        str(ROOT / "jobs" / "sfbd.py"),
-        "--config",
-        "toy2d",
-        "--run-dir",
-        str(run),
-        "--address",
-        ray_cluster,
-    ] + [a for x in sets for a in ("--set", x)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    # Kill the driver (and with it its orchestrator actor) after the first denoise stage,
-    # once the first refit has reported a checkpoint.
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if "denoise_001" in read_state(run).get("completed", {}) and list(
-            (run / "train" / "refit_001").glob("checkpoint_*")
-        ):
-            break
-        assert proc.poll() is None, "the run ended before its first refit checkpoint"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    first = read_state(run)
-    assert "denoise_001" in first["completed"] and not first.get("finished")
-    assert "refit_001" not in first["completed"]
-    ckpt0 = (run / "checkpoints" / "iter_000.pt").stat().st_mtime_ns
-    denoised1 = (run / "denoised" / "iter_001" / "_COMPLETE.json").read_text()
-
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = r.stdout + r.stderr
-    final = read_state(run)
-    assert final["finished"]
-    assert sorted(final["completed"]) == sorted(stage_names(2))
-    # Finished stages were not redone: same timings, same files.
-    for name in ("pretrain", "evaluate_000", "denoise_001"):
-        assert final["completed"][name] == first["completed"][name]
-    assert (run / "checkpoints" / "iter_000.pt").stat().st_mtime_ns == ckpt0
-    assert (run / "denoised" / "iter_001" / "_COMPLETE.json").read_text() == denoised1
-    assert "stage 1/8: pretrain" not in out and "stage 3/8: denoise_001" not in out
-    # The interrupted refit continued from its Ray Train checkpoint, not from 0 kimg.
-    assert "refit_001: resumed from its checkpoint at" in out
-    assert [m["iteration"] for m in read_metrics(run)] == [0, 1, 2]
-    assert (run / "checkpoints" / "iter_002.pt").is_file()
-
-
 @pytest.mark.parametrize(
     "args,needle",
     [
@@ -237,15 +175,15 @@ def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
         (["--config", "toy2d", "--set", "train.batch_size=big"], "train.batch_size"),
         (["--config", "toy2d", "--set", "denoise.steps=2.5"], "denoise.steps"),
         (["--config", "toy2d", "--set", "train.num_workers=0"], "train.num_workers"),
-        (["--config", "toy2d", "--set", "data.sigma=0"], "sigma"),
+        (["--config", "toy2d", "--set", "data.tau=0"], "data.tau"),
+        (["--config", "toy2d", "--set", "data.sigma=0"], "data.tau"),
         (["--config", "toy2d", "--set", "network.preset=resnet"], "network.preset"),
         (["--config", "missing.yaml"], "does not exist"),
     ],
 )
 def test_bad_configuration_fails_before_any_work(tmp_path, capsys, args, needle):
-    job = load_job("sfbd")
     run = tmp_path / "run"
-    assert job.main(args + ["--run-dir", str(run)]) == 2
+    assert run_job(args + ["--run-dir", str(run)]) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1, err
     assert not run.exists()
@@ -262,9 +200,8 @@ def test_bad_configuration_fails_before_any_work(tmp_path, capsys, args, needle)
 def test_impossible_resource_request_fails_before_any_work(
     ray_cluster, tmp_path, capsys, setting, needle
 ):
-    job = load_job("sfbd")
     run = tmp_path / "run"
-    rc = job.main(
+    rc = run_job(
         ["--config", "toy2d", "--run-dir", str(run), "--set", setting, "--address", ray_cluster]
     )
     assert rc == 2

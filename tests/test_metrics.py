@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from conftest import load_job
 from pytorch_fid import inception as pf_inception
 from torchvision.models.inception import Inception3
 
+from sfbd.cli import main
 from sfbd.data.sources import DEBIAN_FASHION_MNIST, load_labelled
 from sfbd.metrics.fid import build_inception, inception_feature_fn
 from sfbd.metrics.frechet import (
@@ -116,14 +116,9 @@ def test_memorization_flags_copies_and_not_fresh_samples():
     reason="apt-get install dataset-fashion-mnist (CI installs it)",
 )
 def test_classifier_job_exports_a_feature_net(tmp_path):
-    job = load_job("train_classifier")
     out = tmp_path / "fm_features.pt"
-    assert (
-        job.main(
-            ["--dataset", "fashion-mnist", "--epochs", "1", "--limit", "6000", "--out", str(out)]
-        )
-        == 0
-    )
+    args = ["--dataset", "fashion-mnist", "--epochs", "1", "--limit", "6000", "--out", str(out)]
+    assert main(["train-classifier", *args]) == 0
     fn = load_feature_net(out)
     test_images, test_labels = load_labelled("fashion-mnist", train=False)
     clean = test_images[:1000]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sfbd.orchestrator import read_metrics
+from sfbd.rundir import RunDir
 from sfbd.runfiles import read_checkpoint
 from sfbd.stages.denoise import read_denoised
 
@@ -64,7 +64,10 @@ def test_three_node_run_spreads_work_and_matches_a_one_node_run(tmp_path):
         assert len(set(multi["placement"][kind])) >= 2, (kind, multi["placement"])
         assert len(set(single["placement"][kind])) == 1
 
-    m_rows, s_rows = read_metrics(tmp_path / "multi"), read_metrics(tmp_path / "single")
+    m_rows, s_rows = (
+        RunDir(tmp_path / "multi").read_metrics(),
+        RunDir(tmp_path / "single").read_metrics(),
+    )
     assert [r["iteration"] for r in m_rows] == [0, 1]
     for a, b in zip(m_rows, s_rows, strict=True):
         assert (a["swd_true"], a["train_loss"]) == (b["swd_true"], b["train_loss"])

@@ -1,4 +1,5 @@
-"""jobs/nfe_study.py: the steps / ODE-vs-SDE study, checked where the answer is known.
+"""`sfbd nfe-study` (sfbd.studies.nfe): the steps / ODE-vs-SDE study, checked where the
+answer is known.
 
 With the exact denoiser of Gaussian data N(mu, s^2), the probability-flow ODE started at the
 observations y = x + tau * eps transports them exactly onto the data distribution, and the
@@ -12,17 +13,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import GaussianDenoiser, load_job
+from conftest import GaussianDenoiser
 
-from sfbd.diffusion.samplers import network_evaluations
+from sfbd.cli import main
+from sfbd.cli import nfe_study as cli_nfe_study
+from sfbd.diffusion.samplers import backward_denoise, network_evaluations
+from sfbd.metrics.distances import SlicedW2, sliced_wasserstein
+from sfbd.studies import nfe
 
 TAU = 0.59
 STEPS = (1, 2, 4, 8, 16)
-
-
-@pytest.fixture(scope="module")
-def job():
-    return load_job("nfe_study")
 
 
 def _gaussian_case(n: int, seed: int = 0):
@@ -38,13 +38,13 @@ def _gaussian_case(n: int, seed: int = 0):
     return GaussianDenoiser(mu, s), y, np.arange(n), reference, floor_set, exact
 
 
-def test_exact_denoiser_study(job):
+def test_exact_denoiser_study():
     denoiser, y, ids, reference, floor_set, exact = _gaussian_case(4000)
-    config = job.Config(tau=TAU, steps=STEPS, converged_steps=64, batch_size=1000)
-    distance = job.SlicedW2(reference)
-    rows = job.run_study(denoiser, y, ids, distance, config, log=lambda _: None)
+    config = nfe.Config(tau=TAU, steps=STEPS, converged_steps=64, batch_size=1000)
+    distance = SlicedW2(reference)
+    rows = nfe.run_study(denoiser, y, ids, distance, config, log=lambda _: None)
     floor = distance(floor_set)
-    print("\n" + job.format_table(rows, floor, "swd"))
+    print("\n" + nfe.format_table(rows, floor, "swd"))
 
     # One row per (mode, steps), plus the noisy row and one converged row per mode.
     measured = [(r.mode, r.steps) for r in rows if r.mode != "noisy" and not r.converged]
@@ -63,8 +63,8 @@ def test_exact_denoiser_study(job):
     assert errors[-1] < errors[-2] / 3
     assert all(r.rms_to_converged is None for r in sde.values())
     # The converged ODE solution is the exact transport.
-    x64 = job.backward_denoise(denoiser, y, TAU, 64)
-    assert job.rms(x64, exact) < 1e-4
+    x64 = backward_denoise(denoiser, y, TAU, 64)
+    assert nfe.rms(x64, exact) < 1e-4
     # One level is the posterior mean, shrunk towards mu: far from the data distribution;
     # with 16 levels both modes reach the floor of the distance.
     assert ode[1].distance > 5 * floor
@@ -74,53 +74,69 @@ def test_exact_denoiser_study(job):
     assert ode[16].distance < ode[1].distance / 5
 
 
-def test_distance_is_the_projects_sliced_wasserstein(job, rng):
-    """SlicedW2 gives sliced_wasserstein's number (same directions, same quantiles)."""
-    from sfbd.metrics.distances import sliced_wasserstein
+def _sliced_w2_by_definition(a, b, projections, seed, quantiles=1000):
+    """Sliced W2 written out with np.quantile: unit directions from the seed's normal draws,
+    matched quantiles at (i + 0.5) / quantiles, root mean square over directions."""
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    dirs = np.random.default_rng(seed).standard_normal((a.shape[1], projections))
+    dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
+    levels = (np.arange(quantiles) + 0.5) / quantiles
+    qa, qb = np.quantile(a @ dirs, levels, axis=0), np.quantile(b @ dirs, levels, axis=0)
+    return float(np.sqrt(((qa - qb) ** 2).mean()))
 
+
+def test_distance_is_the_projects_sliced_wasserstein(rng):
+    """SlicedW2 gives sliced_wasserstein's number (one implementation: same directions, same
+    quantiles), and both give np.quantile's numbers."""
     ref = rng.standard_normal((700, 3, 4, 4)).astype(np.float32)
     items = 0.5 + 2 * rng.standard_normal((300, 3, 4, 4)).astype(np.float32)
     for projections, seed in ((256, 0), (17, 5)):
-        fast = job.SlicedW2(ref, projections, seed)
+        fast = SlicedW2(ref, projections, seed)
         expected = sliced_wasserstein(items, ref, projections, seed=seed)
-        assert fast(items) == pytest.approx(expected, rel=1e-9, abs=1e-12)
-        assert fast(torch.from_numpy(items)) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert fast(items) == expected
+        assert fast(torch.from_numpy(items)) == expected
+        assert expected == pytest.approx(
+            _sliced_w2_by_definition(items, ref, projections, seed), rel=1e-12
+        )
     assert fast(ref) < 1e-12
     with pytest.raises(ValueError, match="distance"):
         fast(items[:, :2])
 
 
-def test_sde_rows_use_the_stage_seeds(job):
+def test_sde_rows_use_the_stage_seeds():
     """The SDE draws item id's noise from the denoise stage's seed: batching changes nothing."""
     denoiser, y, ids, *_ = _gaussian_case(64)
     ids = ids + 1000
-    whole = job.Config(tau=TAU, steps=(4,), batch_size=64, seed=3, iteration=2)
-    split = job.Config(tau=TAU, steps=(4,), batch_size=10, seed=3, iteration=2)
-    a, _, _ = job.denoise_set(denoiser, y, ids, 4, True, whole)
-    b, _, _ = job.denoise_set(denoiser, y, ids, 4, True, split)
+    whole = nfe.Config(tau=TAU, steps=(4,), batch_size=64, seed=3, iteration=2)
+    split = nfe.Config(tau=TAU, steps=(4,), batch_size=10, seed=3, iteration=2)
+    a, _, _ = nfe.denoise_set(denoiser, y, ids, 4, True, whole)
+    b, _, _ = nfe.denoise_set(denoiser, y, ids, 4, True, split)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
-    c, _, _ = job.denoise_set(denoiser, y, ids + 1, 4, True, whole)
+    c, _, _ = nfe.denoise_set(denoiser, y, ids + 1, 4, True, whole)
     assert (a - c).abs().max() > 1e-3  # other ids, other noise
 
 
-def test_main_on_a_prepared_toy(job, tmp_path, capsys):
-    """main(): a prepared toy data set and an (untrained) MLP checkpoint, end to end."""
-    from sfbd.data.prepare import PrepareConfig, prepare
+def test_main_on_a_prepared_toy(tmp_path, capsys):
+    """`sfbd nfe-study`: a prepared toy data set and an (untrained) MLP checkpoint, end to end."""
+    from sfbd.data.prepare import DataConfig, prepare
     from sfbd.diffusion.networks import NetworkConfig, build_denoiser, save_denoiser
 
     data = tmp_path / "data"
     prepare(
-        PrepareConfig(dataset="toy2d", num=300, clean_fraction=0.1, sigma=TAU, out=str(data)),
+        DataConfig(dataset="toy2d", num=300, clean_fraction=0.1, tau=TAU),
+        data,
         log=lambda *_: None,
     )
     net = NetworkConfig(preset="mlp", channels=2)
     torch.manual_seed(0)
     save_denoiser(tmp_path / "ckpt.pt", build_denoiser(net), net, iteration=0)
     out = tmp_path / "nfe.json"
-    argv = ["--checkpoint", str(tmp_path / "ckpt.pt"), "--data", str(data), "--steps", "2,1"]
+    argv = ["nfe-study", "--checkpoint", str(tmp_path / "ckpt.pt"), "--data", str(data)]
+    argv += ["--steps", "2,1"]
     argv += ["--modes", "sde,ode", "--limit", "50", "--converged-steps", "8", "--out", str(out)]
     argv += ["--converged-modes", "sde,ode"]
-    assert job.main(argv) == 0
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "floor (true samples, same count)" in printed
     record = json.loads(out.read_text())
@@ -140,16 +156,21 @@ def test_main_on_a_prepared_toy(job, tmp_path, capsys):
     assert record["markdown"].count("\n") == len(rows) + 2  # header, rule, rows, floor
 
     # Bad input: one-line errors, exit code 2, before any work.
-    assert job.main(["--checkpoint", str(tmp_path / "none.pt"), "--data", str(data)]) == 2
-    assert "checkpoint" in capsys.readouterr().err
+    none = str(tmp_path / "none.pt")
+    assert main(["nfe-study", "--checkpoint", none, "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert main(argv[:5] + ["--steps", "0,2"]) == 2
+    assert "--steps" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        job.main(argv[:4] + ["--modes", "ode,euler"])
+        main(argv[:5] + ["--modes", "ode,euler"])
+    assert cli_nfe_study.MODES == nfe.MODES  # the flag's choices are the study's modes
 
 
-def test_converged_rows_only_for_the_modes_asked(job):
+def test_converged_rows_only_for_the_modes_asked():
     denoiser, y, ids, reference, *_ = _gaussian_case(64)
-    config = job.Config(tau=TAU, steps=(2,), converged_steps=8, converged_modes=("ode",))
-    rows = job.run_study(denoiser, y, ids, job.SlicedW2(reference), config, log=lambda _: None)
+    config = nfe.Config(tau=TAU, steps=(2,), converged_steps=8, converged_modes=("ode",))
+    rows = nfe.run_study(denoiser, y, ids, SlicedW2(reference), config, log=lambda _: None)
     assert [(r.mode, r.steps, r.converged) for r in rows] == [
         ("noisy", 0, False),
         ("ode", 8, True),
@@ -157,4 +178,4 @@ def test_converged_rows_only_for_the_modes_asked(job):
         ("sde", 2, False),
     ]
     with pytest.raises(ValueError, match="modes"):
-        job.run_study(denoiser, y, ids, job.SlicedW2(reference), job.Config(TAU, (2,), ("rk4",)))
+        nfe.run_study(denoiser, y, ids, SlicedW2(reference), nfe.Config(TAU, (2,), ("rk4",)))

@@ -2,13 +2,15 @@
 URI code path on the local disk) and fsspec ones (`memory://`, which behaves like an object
 store: no folder renames, so completion records are the commit points)."""
 
+import os
+
 import numpy as np
 import pytest
-from conftest import load_job
 
-from sfbd.data.prepare import PrepareConfig, prepare
+from sfbd.cli import main
+from sfbd.data.prepare import DataConfig, prepare
 from sfbd.data.store import read_split, verify_split
-from sfbd.orchestrator import read_metrics, read_state
+from sfbd.rundir import RunDir
 from sfbd.runfiles import (
     COMPLETE,
     is_complete,
@@ -47,7 +49,7 @@ def test_location_reads_writes_lists_and_removes(root):
 
 def test_prepared_data_round_trips_and_is_verified(root):
     out = f"{root}/data"
-    prepare(PrepareConfig(dataset="toy2d", num=500, clean_fraction=0.1, out=out), lambda *_: 0)
+    prepare(DataConfig(dataset="toy2d", num=500, clean_fraction=0.1), out, lambda *_: 0)
     ids, y = read_split(out, "noisy")
     assert len(ids) == 450 and y.shape == (450, 2)
     verify_split(out)
@@ -82,14 +84,16 @@ def test_stage_output_is_complete_only_once_published(root):
     assert not is_complete(final) or final.local is not None
 
 
-def test_a_run_through_file_uris(ray_cluster, tmp_path):
-    """Data and run directory given as file:// URIs: Ray Data, Ray Train (storage_path)
-    and every file of the run go through the URI code path."""
-    prep = load_job("prepare_data")
+def test_a_run_through_file_uris_survives_a_full_disk(ray_cluster, tmp_path, capsys):
+    """Data and run directory given as file:// URIs: Ray Data, Ray Train (storage_path) and
+    every file of the run go through the URI code path. The pretrained checkpoint's bytes
+    first go to /dev/full, which answers ENOSPC like a full disk: the stage fails clearly and
+    marks nothing complete; with space again the same command completes."""
     data = f"file://{tmp_path}/data"
-    assert prep.main(["--dataset", "toy2d", "--clean-fraction", "0.05", "--out", data]) == 0
+    assert main(["prepare", "--dataset", "toy2d", "--clean-fraction", "0.05", "--out", data]) == 0
     run = f"file://{tmp_path}/run"
-    args = ["--config", "toy2d", "--data", data, "--run-dir", run, "--address", ray_cluster]
+    args = ["run", "--config", "toy2d", "--data", data, "--run-dir", run]
+    args += ["--address", ray_cluster]
     for s in [
         "iterations=1",
         "train.pretrain_kimg=10",
@@ -98,10 +102,20 @@ def test_a_run_through_file_uris(ray_cluster, tmp_path):
         "eval.num_samples=2000",
     ]:
         args += ["--set", s]
-    assert load_job("sfbd").main(args) == 0
-    assert [m["iteration"] for m in read_metrics(run)] == [0, 1]
-    assert read_state(run)["finished"]
     local = tmp_path / "run"
+    (local / "checkpoints").mkdir(parents=True)
+    os.symlink("/dev/full", local / "checkpoints" / "iter_000.pt.tmp")
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "stage pretrain failed" in err and "No space left on device" in err, err
+    assert "iter_000.pt" in err and len([e for e in err.splitlines() if "error:" in e]) == 1
+    assert not (local / "checkpoints" / "iter_000.pt").exists()
+    assert "pretrain" not in RunDir(run).read_state()["completed"]
+
+    assert main(args) == 0
+    assert [m["iteration"] for m in RunDir(run).read_metrics()] == [0, 1]
+    assert RunDir(run).read_state()["finished"]
     assert (local / "checkpoints" / "iter_001.pt.sha256").is_file()
     assert is_complete(local / "denoised" / "iter_001")
     assert [p for p in (local / "train" / "refit_001").glob("checkpoint_*") if p.is_dir()]

@@ -8,15 +8,16 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import load_module
+from sfbd.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
     "iterations=1",
-    "train.pretrain_kimg=20",
-    "train.refit_kimg=20",
+    "data.num=2000",
+    "train.pretrain_kimg=10",
+    "train.refit_kimg=10",
     "train.checkpoint_kimg=10",
-    "eval.num_samples=2000",
+    "eval.num_samples=1000",
     "denoise.steps=4",
 ]
 
@@ -27,7 +28,7 @@ def _args(out, address):
         "toy2d",
         "--clean-fractions",
         "0.02,0.2",
-        "--sigmas",
+        "--taus",
         "0.3,0.59",
         "--out",
         str(out),
@@ -77,10 +78,9 @@ def test_sweep_resumes_after_interruption_and_writes_table_and_heatmap(ray_clust
         for n in finished_first
     }
 
-    sweep = load_module(ROOT / "tuning" / "sweep.py", "sweep")
-    assert sweep.main(_args(out, ray_cluster)) == 0
+    assert main(["sweep", *_args(out, ray_cluster)]) == 0
     rows = _rows(out)
-    assert sorted((float(r["clean_fraction"]), float(r["sigma"])) for r in rows) == [
+    assert sorted((float(r["clean_fraction"]), float(r["tau"])) for r in rows) == [
         (0.02, 0.3),
         (0.02, 0.59),
         (0.2, 0.3),
@@ -91,14 +91,21 @@ def test_sweep_resumes_after_interruption_and_writes_table_and_heatmap(ray_clust
     # The trial that had finished before the interruption was not trained again.
     for name, stamp in stamps.items():
         assert (out / "trials" / name / "checkpoints" / "iter_001.pt").stat().st_mtime_ns == stamp
-    print("sweep table:", [(r["clean_fraction"], r["sigma"], r["final_metric"]) for r in rows])
+    print("sweep table:", [(r["clean_fraction"], r["tau"], r["final_metric"]) for r in rows])
 
 
 def test_sweep_rejects_bad_values(tmp_path, capsys):
-    sweep = load_module(ROOT / "tuning" / "sweep.py", "sweep")
     assert (
-        sweep.main(
-            ["--config", "toy2d", "--clean-fractions", "0,0.5", "--out", str(tmp_path / "s")]
+        main(
+            [
+                "sweep",
+                "--config",
+                "toy2d",
+                "--clean-fractions",
+                "0,0.5",
+                "--out",
+                str(tmp_path / "s"),
+            ]
         )
         == 2
     )

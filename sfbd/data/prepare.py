@@ -7,25 +7,28 @@ from dataclasses import asdict, dataclass
 from sfbd.data.sources import check_dataset_spec, load_source
 from sfbd.data.split import check_split_args, observe, split_indices
 from sfbd.data.store import MANIFEST, read_manifest, write_manifest, write_shards
-from sfbd.storage import Location
+from sfbd.storage import Location, Where
 
 DATA_FORMAT = "sfbd-data-v1"
 
 
 @dataclass
-class PrepareConfig:
+class DataConfig:
+    """What `sfbd prepare` takes, and the run config's `data` section (Lu, Wu & Yu 2025,
+    Sec. 3: a clean fraction of the source is kept clean, the rest observed as
+    y = x + tau * eps)."""
+
     dataset: str = "fashion-mnist"
     clean_fraction: float = 0.04
-    sigma: float = 0.59  # tau, the noise level of the observations (pixels in [-1, 1])
+    tau: float = 0.59  # observation noise, pixels in [-1, 1] (EDM's sigma is the diffusion level)
     seed: int = 0
-    out: str = "data/prepared"
     root: str | None = None  # where torchvision data sets live or are downloaded to
     limit: int | None = None  # keep only the first `limit` items of the source
     num: int = 20000  # items of the synthetic toy2d set
     shard_size: int = 8192
 
     def validate(self) -> None:
-        check_split_args(self.clean_fraction, self.sigma)
+        check_split_args(self.clean_fraction, self.tau)
         check_dataset_spec(self.dataset)
         if self.shard_size < 1:
             raise ValueError(f"shard_size: {self.shard_size}; must be >= 1")
@@ -36,16 +39,27 @@ class PrepareConfig:
 
     def identity(self) -> dict:
         """The fields that determine the prepared content."""
-        return {k: v for k, v in asdict(self).items() if k not in ("out", "root", "shard_size")}
+        return {k: v for k, v in asdict(self).items() if k not in ("root", "shard_size")}
 
 
-def prepare(config: PrepareConfig, log=print) -> Location:
-    """Write the prepared directory `config.out` (a path or URI); a complete identical one is
-    kept as is. The manifest is written last: a folder without one is not prepared data."""
+def _same_identity(recorded: dict | None, config: DataConfig) -> bool:
+    """Data prepared before the rename recorded the noise level as `sigma`."""
+    if recorded is None:
+        return False
+    recorded = dict(recorded)
+    if "sigma" in recorded and "tau" not in recorded:
+        recorded["tau"] = recorded.pop("sigma")
+    recorded.pop("out", None)
+    return recorded == config.identity()
+
+
+def prepare(config: DataConfig, out: Where, log=print) -> Location:
+    """Write the prepared directory `out` (a path or URI); a complete identical one is kept
+    as is. The manifest is written last: a folder without one is not prepared data."""
     config.validate()
-    out = Location.of(config.out)
+    out = Location.of(out)
     if (out / MANIFEST).is_file():
-        if read_manifest(out).get("config") == config.identity():
+        if _same_identity(read_manifest(out).get("config"), config):
             log(f"data: {out} already prepared with these settings; nothing to do")
             return out
         raise FileExistsError(
@@ -61,7 +75,7 @@ def prepare(config: PrepareConfig, log=print) -> Location:
     clean_ids, noisy_ids = split_indices(len(src.items), config.clean_fraction, config.seed)
     log(
         f"data: {src.name}: {len(src.items)} items of shape {src.item_shape}; "
-        f"{len(clean_ids)} clean, {len(noisy_ids)} noisy at tau={config.sigma}"
+        f"{len(clean_ids)} clean, {len(noisy_ids)} noisy at tau={config.tau}"
     )
 
     # Locally the folder is filled under a temporary name and renamed into place.
@@ -70,7 +84,7 @@ def prepare(config: PrepareConfig, log=print) -> Location:
         tmp.remove()
     try:
         clean = write_shards(tmp / "clean", clean_ids, src.items[clean_ids], config.shard_size)
-        noisy_y = observe(src.items[noisy_ids], noisy_ids, config.sigma, config.seed)
+        noisy_y = observe(src.items[noisy_ids], noisy_ids, config.tau, config.seed)
         noisy = write_shards(tmp / "noisy", noisy_ids, noisy_y, config.shard_size)
         manifest = {
             "format": DATA_FORMAT,
@@ -78,7 +92,7 @@ def prepare(config: PrepareConfig, log=print) -> Location:
             "kind": src.kind,
             "item_shape": list(src.item_shape),
             "num_items": len(src.items),
-            "tau": config.sigma,
+            "tau": config.tau,
             "seed": config.seed,
             "clean_fraction": config.clean_fraction,
             "splits": {

@@ -11,7 +11,7 @@ _NOISE_TAG = 0x5F5B2
 
 def check_split_args(clean_fraction: float, tau: float) -> None:
     if not (isinstance(tau, (int, float)) and np.isfinite(tau) and tau > 0):
-        raise ValueError(f"sigma: {tau!r}; the noise level tau must be a finite number > 0")
+        raise ValueError(f"tau: {tau!r}; the observation noise must be a finite number > 0")
     if not (isinstance(clean_fraction, (int, float)) and 0 < clean_fraction < 1):
         raise ValueError(f"clean_fraction: {clean_fraction!r}; must lie strictly in (0, 1)")
 

@@ -165,6 +165,20 @@ def network_evaluations(steps: int) -> int:
     return 2 * steps - 1
 
 
+class CountingDenoiser:
+    """Wraps a denoiser `D(x, sigma)` and counts network evaluations at its call site: a call
+    on a batch of B items adds B. What `network_evaluations` predicts is checked against it
+    (the benchmark and the NFE study count with it)."""
+
+    def __init__(self, denoiser: Denoiser):
+        self.denoiser = denoiser
+        self.evaluations = 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        self.evaluations += x.shape[0]
+        return self.denoiser(x, sigma)
+
+
 # ---------------------------------------------------------------------------------------------
 # The two entry points SFBD uses
 

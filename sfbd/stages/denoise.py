@@ -39,46 +39,45 @@ def sample_seed(seed: int, iteration: int, item_id: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+@dataclass
+class DenoiseTask:
+    """What every denoise actor needs: the denoiser, the channel and the backward pass."""
+
+    checkpoint: str
+    tau: float
+    item_shape: tuple[int, ...]
+    config: DenoiseConfig
+    seed: int
+    iteration: int
+    metric_tags: dict | None = None  # tags of the images-denoised counter; None: no metric
+
+
 class DenoiseBatch:
     """Ray Data callable class: holds the denoiser; maps a batch of (id, y) to (id, x0)."""
 
-    def __init__(
-        self,
-        checkpoint: str,
-        tau: float,
-        steps: int,
-        stochastic: bool,
-        sigma_min: float,
-        seed: int,
-        iteration: int,
-        item_shape: tuple[int, ...],
-        threads: int = 0,
-        metric_tags: dict | None = None,
-        compile: bool = False,
-    ):
-        if threads > 0:
-            torch.set_num_threads(threads)
+    def __init__(self, task: DenoiseTask):
+        if task.config.threads > 0:
+            torch.set_num_threads(task.config.threads)
+        self.task = task
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.denoiser, _, _ = load_denoiser_at(checkpoint, map_location=self.device)
-        if compile:  # compiled on the first batch; a shorter last batch recompiles once
+        self.denoiser, _, _ = load_denoiser_at(task.checkpoint, map_location=self.device)
+        if task.config.compile:  # compiled on the first batch; a shorter last batch recompiles
             self.denoiser = torch.compile(self.denoiser)
-        self.tau, self.steps, self.stochastic = tau, steps, stochastic
-        self.sigma_min, self.seed, self.iteration = sigma_min, seed, iteration
-        self.item_shape = tuple(item_shape)
         self.counter, self.tags = None, None
-        if metric_tags is not None:
+        if task.metric_tags is not None:
             from sfbd.telemetry import images_denoised
 
             self.counter = images_denoised()
-            self.tags = {**metric_tags, "iteration": str(iteration)}
+            self.tags = {**task.metric_tags, "iteration": str(task.iteration)}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        ids, y = table_items(batch, self.item_shape)
+        task, c = self.task, self.task.config
+        ids, y = table_items(batch, task.item_shape)
         generator = None
-        if self.stochastic:
+        if c.stochastic:
             generator = [
                 torch.Generator(self.device).manual_seed(
-                    sample_seed(self.seed, self.iteration, int(i))
+                    sample_seed(task.seed, task.iteration, int(i))
                 )
                 for i in ids
             ]
@@ -89,11 +88,11 @@ class DenoiseBatch:
             x = backward_denoise(
                 self.denoiser,
                 y_t,
-                self.tau,
-                self.steps,
-                stochastic=self.stochastic,
+                task.tau,
+                c.steps,
+                stochastic=c.stochastic,
                 generator=generator,
-                sigma_min=self.sigma_min,
+                sigma_min=c.sigma_min,
             )
         out = items_table(ids, x.float().cpu().numpy())
         if self.counter is not None:
@@ -132,8 +131,10 @@ def run_denoise(
     iteration: int,
     log=print,
     metric_tags: dict | None = None,
+    batch_class: type[DenoiseBatch] = DenoiseBatch,
 ) -> DenoiseResult:
-    """Denoise every noisy item with the denoiser in `checkpoint`; publish `out_dir`."""
+    """Denoise every noisy item with the denoiser in `checkpoint`; publish `out_dir`.
+    `batch_class` is the actors' class (a subclass may record timings, as the benchmark's)."""
     manifest = read_manifest(data_dir)
     tau, shape = float(manifest["tau"]), tuple(manifest["item_shape"])
     files = shard_paths(data_dir, "noisy")
@@ -150,21 +151,10 @@ def run_denoise(
     # Reading and writing get a fraction of a CPU, so that they can run beside actors that
     # hold whole CPUs on a small cluster (or inside a Tune trial) instead of waiting forever.
     ds = ray.data.read_parquet([f.path for f in files], filesystem=files[0].fs, num_cpus=IO_CPUS)
+    task = DenoiseTask(str(checkpoint), tau, shape, config, seed, iteration, metric_tags)
     ds = ds.map_batches(
-        DenoiseBatch,
-        fn_constructor_kwargs=dict(
-            checkpoint=str(checkpoint),
-            tau=tau,
-            steps=config.steps,
-            stochastic=config.stochastic,
-            sigma_min=config.sigma_min,
-            seed=seed,
-            iteration=iteration,
-            item_shape=shape,
-            threads=config.threads,
-            metric_tags=metric_tags,
-            compile=config.compile,
-        ),
+        batch_class,
+        fn_constructor_args=(task,),
         batch_size=config.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=size),

@@ -29,8 +29,8 @@ from sfbd.diffusion.networks import NetworkConfig
 from sfbd.diffusion.samplers import generate
 from sfbd.metrics.distances import sliced_wasserstein
 from sfbd.metrics.memorization import memorization_report
+from sfbd.rundir import RunDir
 from sfbd.runfiles import Where, load_denoiser_at, read_parquet
-from sfbd.storage import Location
 from sfbd.viz import save_grid, save_pairs, save_scatter
 
 
@@ -183,21 +183,21 @@ def distance(
 
 
 def compute_metrics(
-    grids: Where,
-    name: str,
+    run: Where,
+    prefix: str,
     data_dir: Where,
     samples: np.ndarray,
     config: EvalConfig,
     denoised_dir: Where | None = None,
-    cache_dir: Where | None = None,
 ) -> dict:
-    """Distance, memorization and pictures for one set of generated samples."""
-    grids = Location.of(grids)
+    """Distance, memorization and pictures (`grids/<prefix>_*.png` of the run directory `run`)
+    for one set of generated samples."""
+    run = RunDir(run)
     threads = config.threads
     if threads > 0:
         torch.set_num_threads(threads)
     shape = tuple(read_manifest(data_dir)["item_shape"])
-    record = distance(samples, data_dir, config, cache_dir)
+    record = distance(samples, data_dir, config, run.cache)
     record["samples_mean"] = float(samples.mean())
     record["samples_std"] = float(samples.std())
     denoised = None
@@ -218,7 +218,7 @@ def compute_metrics(
             save_pairs(
                 samples[closest],
                 clean[nn.index[closest]],
-                grids / f"{name}_closest.png",
+                run.grid(prefix, "closest"),
                 columns=config.grid,
             )
 
@@ -228,33 +228,45 @@ def compute_metrics(
             panels = {"true": ref, "generated": samples}
             if denoised is not None:
                 panels = {"noisy": read_split(data_dir, "noisy")[1], "denoised": denoised, **panels}
-            save_scatter(panels, grids / f"{name}_points.png")
+            save_scatter(panels, run.grid(prefix, "points"))
     elif config.grid:
         n = config.grid
-        save_grid(samples[: n * n], grids / f"{name}_samples.png", columns=n)
+        save_grid(samples[: n * n], run.grid(prefix, "samples"), columns=n)
         if denoised is not None:
             first = read_parquet(shard_paths(data_dir, "noisy")[:1]).slice(0, n * 2)
             ids, noisy = table_items(first, shape)
             save_pairs(
                 noisy,
                 denoised[np.searchsorted(d_ids, ids)],
-                grids / f"{name}_denoised.png",
+                run.grid(prefix, "denoised"),
                 columns=n,
             )
     return record
 
 
-def evaluate(
-    grids: Where,
-    name: str,
-    data_dir: Where,
+def evaluate_on_ray(
+    run: RunDir,
+    prefix: str,
     checkpoint: Where,
+    data_dir: Where,
     config: EvalConfig,
     denoised_dir: Where | None = None,
-    cache_dir: Where | None = None,
+    name: str = "evaluate",
 ) -> dict:
-    """Generate in this process, then `compute_metrics` (for callers without Ray Data)."""
-    samples = generate_samples(
-        checkpoint, config.num_samples, config.steps, config.seed, config.batch_size
+    """The evaluate stage: samples through Ray Data (dataset `generate...` on the dashboard),
+    then `compute_metrics` as a Ray task `name`, on a GPU when the cluster has one."""
+    import ray
+
+    samples = generate_with_ray(checkpoint, config, name=name.replace("evaluate", "generate", 1))
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    task = ray.remote(compute_metrics).options(num_cpus=1, num_gpus=gpus, name=name)
+    return ray.get(
+        task.remote(
+            str(run),
+            prefix,
+            str(data_dir),
+            samples,
+            config,
+            str(denoised_dir) if denoised_dir is not None else None,
+        )
     )
-    return compute_metrics(grids, name, data_dir, samples, config, denoised_dir, cache_dir)

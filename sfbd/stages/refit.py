@@ -10,11 +10,10 @@ restores a run started again with the same name and storage path.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import io
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +23,10 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from sfbd.config import TrainConfig
 from sfbd.data.store import table_items
-from sfbd.diffusion.ema import EMA, ema_beta
 from sfbd.diffusion.loss import EDMLoss
 from sfbd.diffusion.networks import NetworkConfig, build_denoiser
+from sfbd.diffusion.training import TrainConfig, TrainState, draw_batch, set_weights, train_step
 from sfbd.runfiles import Where, load_denoiser_at, parquet_files, read_parquet, save_denoiser_at
 from sfbd.storage import Location
 
@@ -42,36 +40,55 @@ def load_items(directory: str, item_shape: tuple[int, ...]) -> np.ndarray:
     return x[np.argsort(ids)]
 
 
-def load_set(spec: dict, item_shape: tuple[int, ...]) -> np.ndarray:
-    """The items of one train set, from either kind of spec:
+@dataclass
+class TrainSet:
+    """One set a train stage draws from, with its share of the batches (None: by its size).
 
-    - `{"path": folder}`: a folder of (id, x) Parquet files the pipeline wrote (the clean split,
-      a denoised set, the noisy split);
-    - `{"source": dataset spec, "root", "limit", "num", "seed", "count"}`: the data set read
-      straight from where it lives (`load_source`, train split). This serves the all-clean
-      baseline, which trains on the originals of the noisy part as well: the pipeline never
-      writes those anywhere, so the worker loads them into its memory only. `count`, when
-      given, is the number of items the prepared data was made from, checked here.
+    Either `path`, a folder of (id, x) Parquet files the pipeline wrote (the clean split, a
+    denoised set, the noisy split), or `source`, a data set read straight from where it lives
+    (`load_source` arguments: spec, root, limit, num, seed; train split) with `count`, the
+    number of items the prepared data was made from. The second serves the all-clean baseline,
+    which trains on the originals of the noisy part too: the pipeline never writes those
+    anywhere, so the worker holds them in its memory only.
     """
-    if "path" in spec:
-        return load_items(spec["path"], item_shape)
-    from sfbd.data.sources import load_source
 
-    src = load_source(
-        spec["source"],
-        root=spec.get("root"),
-        train=True,
-        limit=spec.get("limit"),
-        num=spec.get("num", 20000),
-        seed=spec.get("seed", 0),
-    )
-    if src.item_shape != tuple(item_shape) or spec.get("count", len(src.items)) != len(src.items):
-        raise ValueError(
-            f"data: {spec['source']} now holds {len(src.items)} items of shape "
-            f"{src.item_shape}; the prepared data was made from {spec.get('count')} of "
-            f"shape {tuple(item_shape)}"
-        )
-    return src.items
+    path: str | None = None
+    source: dict | None = None
+    count: int | None = None
+    weight: float | None = None
+
+    def __str__(self) -> str:
+        return self.path or f"source {self.source['spec']}"
+
+    def load(self, item_shape: tuple[int, ...]) -> np.ndarray:
+        if self.path is not None:
+            return load_items(self.path, item_shape)
+        from sfbd.data.sources import load_source
+
+        src = load_source(train=True, **self.source)
+        if src.item_shape != tuple(item_shape) or self.count not in (None, len(src.items)):
+            raise ValueError(
+                f"data: {self.source['spec']} now holds {len(src.items)} items of shape "
+                f"{src.item_shape}; the prepared data was made from {self.count} of "
+                f"shape {tuple(item_shape)}"
+            )
+        return src.items
+
+
+@dataclass
+class TrainJob:
+    """Everything one train stage (pretraining, a refit, a baseline) needs."""
+
+    stage: str  # the Ray Train run's name, e.g. pretrain, refit_002, baseline_noisy
+    train: TrainConfig
+    network: NetworkConfig
+    sets: list[TrainSet]
+    item_shape: tuple[int, ...]
+    kimg: float
+    seed: int
+    storage: str  # Ray Train's storage path; this stage's checkpoints go to <storage>/<stage>
+    init_checkpoint: str | None = None  # EMA weights to start from (a refit: the previous ones)
+    metric_tags: dict | None = None  # tags of the live kimg metric; None: no metric
 
 
 def latest_state(stage_dir: Where) -> dict | None:
@@ -96,81 +113,11 @@ def latest_state(stage_dir: Where) -> dict | None:
     return None
 
 
-def _step_seed(seed: int, stage: str, rank: int, step: int) -> int:
-    digest = hashlib.blake2b(f"{seed}/{stage}/{rank}/{step}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-def draw_batch(
-    sets_t: list[torch.Tensor],
-    weights: np.ndarray,
-    size: int,
-    seed: int,
-    stage: str,
-    rank: int,
-    step: int,
-) -> torch.Tensor:
-    """One rank's batch of a step: items drawn from the sets by `weights`, reproducibly from
-    (seed, stage, rank, step); also seeds the step's EDM noise."""
-    rng = np.random.default_rng(_step_seed(seed, stage, rank, step))
-    torch.manual_seed(_step_seed(seed, stage + "/noise", rank, step))
-    which = rng.choice(len(sets_t), size=size, p=weights)
-    device = sets_t[0].device
-    parts = [
-        sets_t[k][
-            torch.from_numpy(rng.integers(0, len(sets_t[k]), int((which == k).sum()))).to(device)
-        ]
-        for k in range(len(sets_t))
-        if (which == k).any()
-    ]
-    return torch.cat(parts)
-
-
-def train_step(
-    model, ddp_model, opt, ema, loss_fn, x, train: TrainConfig, images_seen: int, bf16: bool
-) -> torch.Tensor:
-    """One EDM training step: warm-up learning rate, loss, backward, gradient clean-up and
-    clipping, Adam, EMA (EDM's training loop). Returns the loss."""
-    warm = min(images_seen / max(train.warmup_kimg * 1000, 1e-8), 1.0)
-    for group in opt.param_groups:
-        group["lr"] = train.lr * max(warm, 1e-3)
-    opt.zero_grad(set_to_none=True)
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
-        loss = loss_fn(ddp_model, x).mean()
-    loss.backward()
-    for p in model.parameters():
-        if p.grad is not None:
-            torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
-    if train.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-    opt.step()
-    seen = images_seen + train.batch_size
-    ema.update(
-        model,
-        ema_beta(train.batch_size, train.ema_halflife_kimg * 1000, train.ema_rampup_ratio, seen),
-    )
-    return loss
-
-
-def train_loop_per_worker(cfg: dict) -> None:
-    """Ray Train worker function. `cfg`: train, network, sets, item_shape, kimg, stage, seed,
-    init_checkpoint (EMA weights to start from, or None)."""
-    train = TrainConfig(**cfg["train"])
-    if train.threads > 0:
-        torch.set_num_threads(train.threads)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    net_cfg = NetworkConfig(**cfg["network"])
-    # The same initial weights on every rank and in every run with this seed.
-    torch.manual_seed(_step_seed(cfg["seed"], cfg["stage"] + "/init", 0, 0))
-    model = build_denoiser(net_cfg)
-    total_images = int(cfg["kimg"] * 1000)
-
-    # Resume from the newer of what Ray Train recorded (a worker restarted by FailureConfig)
-    # and the stage's own storage folder (a restarted driver; or a checkpoint uploaded just
-    # before the worker died, which the controller had not recorded yet).
-    candidates = [latest_state(cfg["storage"])]
+def restore_point(job: TrainJob) -> dict | None:
+    """The newer of what Ray Train recorded (a worker restarted by FailureConfig) and the
+    stage's own storage folder (a restarted driver; or a checkpoint uploaded just before the
+    worker died, which the controller had not recorded yet)."""
+    candidates = [latest_state(Location.of(job.storage) / job.stage)]
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -178,180 +125,157 @@ def train_loop_per_worker(cfg: dict) -> None:
                 torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
             )
     candidates = [c for c in candidates if c is not None]
-    resume_state = max(candidates, key=lambda c: c["images_seen"]) if candidates else None
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        if rank == 0:
+    return max(candidates, key=lambda c: c["images_seen"]) if candidates else None
+
+
+class Reporter:
+    """Log lines every `log_kimg`, the live kimg metric, and `ray.train.report` every
+    `checkpoint_kimg` and at the end (every rank reports; rank 0 attaches the checkpoint)."""
+
+    def __init__(self, job: TrainJob, rank: int, state: TrainState, resumed_from: int | None):
+        self.job, self.rank, self.resumed_from = job, rank, resumed_from
+        self.losses: list[float] = []
+        self.set_sizes: list[int] = []
+        self.t_last, self.images_last = time.time(), state.images_seen
+        self.t_first, self.images_first = 0.0, state.images_seen  # when the first step ends
+        self.progress = None
+        if rank == 0 and job.metric_tags:
+            from sfbd.telemetry import kimg_trained
+
+            self.progress = kimg_trained()
+
+    def crossed(self, images: int, every_kimg: float) -> bool:
+        every = int(every_kimg * 1000)
+        return images // every > (images - self.job.train.batch_size) // every
+
+    def step(self, loss: float, state: TrainState) -> None:
+        self.losses.append(loss)
+        if len(self.losses) == 1:
+            self.t_first, self.images_first = time.time(), state.images_seen
+        total, done = self.job.kimg * 1000, state.images_seen >= self.job.kimg * 1000
+        state.loss = float(np.mean(self.losses[-50:]))
+        if self.rank == 0 and (self.crossed(state.images_seen, self.job.train.log_kimg) or done):
+            rate = (state.images_seen - self.images_last) / max(time.time() - self.t_last, 1e-9)
             print(
-                f"{cfg['stage']}: resumed from its checkpoint at "
-                f"{resume_state['images_seen'] / 1000:.1f} kimg",
+                f"{self.job.stage}: {state.images_seen / 1000:.1f}/{total / 1000:.1f} kimg, "
+                f"loss {state.loss:.4f}, {rate:.0f} images/s",
                 flush=True,
             )
-    elif cfg["init_checkpoint"]:
-        init, _, _ = load_denoiser_at(cfg["init_checkpoint"])
-        model.load_state_dict(init.state_dict())
-    ema = EMA(model)
-    if resume_state is not None:
-        ema.model.load_state_dict(resume_state["ema"])
-    model.to(device)
-    ema.model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=train.lr, betas=(0.9, 0.999), eps=1e-8)
-    if resume_state is not None:
-        opt.load_state_dict(resume_state["optimizer"])
-    images_seen = resume_state["images_seen"] if resume_state else 0
-    ddp_model = ray.train.torch.prepare_model(model) if world > 1 else model
+            self.t_last, self.images_last = time.time(), state.images_seen
+            if self.progress is not None:
+                self.progress.set(state.images_seen / 1000, tags=self.job.metric_tags)
+        if self.crossed(state.images_seen, self.job.train.checkpoint_kimg) or done:
+            self.report(state)
 
-    sets = [load_set(s, tuple(cfg["item_shape"])) for s in cfg["sets"]]
-    weights = np.array(
-        [
-            s["weight"] if s["weight"] is not None else len(x)
-            for s, x in zip(cfg["sets"], sets, strict=True)
-        ],
-        dtype=np.float64,
-    )
-    weights /= weights.sum()
-    sets_t = [torch.from_numpy(x).to(device) for x in sets]
-    bf16 = train.bf16 and device.type == "cuda"  # autocast; weights and Adam stay float32
-    loss_fn = EDMLoss(P_mean=train.P_mean, P_std=train.P_std, sigma_data=net_cfg.sigma_data)
-    local_batch = train.batch_size // world
-    ckpt_every = int(train.checkpoint_kimg * 1000)
-    log_every = int(train.log_kimg * 1000)
-    losses: list[float] = []
-    t_last, images_last = time.time(), images_seen
-    progress = None
-    if rank == 0 and cfg.get("metric_tags"):
-        from sfbd.telemetry import kimg_trained
-
-        progress = kimg_trained()
-    t_first, images_first = 0.0, images_seen  # set when this run's first step (warm-up) ends
-
-    def report(loss_value: float) -> None:
-        """Every rank reports; rank 0 attaches the checkpoint (model, EMA, optimizer)."""
+    def report(self, state: TrainState) -> None:
         metrics = {
-            "kimg": images_seen / 1000,
-            "loss": loss_value,
-            "images_seen": images_seen,
-            "set_sizes": [len(x) for x in sets],
+            "kimg": state.images_seen / 1000,
+            "loss": state.loss,
+            "images_seen": state.images_seen,
+            "set_sizes": self.set_sizes,
         }
-        if resume_state is not None:  # this worker group restarted from a checkpoint
-            metrics["resumed_from_kimg"] = resume_state["images_seen"] / 1000
-        if len(losses) > 1:  # training rate after the first step (read by jobs/benchmark.py)
-            metrics["images_per_s"] = (images_seen - images_first) / (time.time() - t_first)
-        if rank != 0:
+        if self.resumed_from is not None:  # this worker group restarted from a checkpoint
+            metrics["resumed_from_kimg"] = self.resumed_from / 1000
+        if len(self.losses) > 1:  # training rate after the first step (read by the benchmark)
+            seconds = time.time() - self.t_first
+            metrics["images_per_s"] = (state.images_seen - self.images_first) / seconds
+        if self.rank != 0:
             ray.train.report(metrics)
             return
-        state = {
-            "model": model.state_dict(),
-            "ema": ema.model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "images_seen": images_seen,
-            "loss": loss_value,
-        }
         with tempfile.TemporaryDirectory() as d:
-            torch.save(state, Path(d) / STATE_FILE)
+            torch.save(state.state_dict(), Path(d) / STATE_FILE)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
 
-    while images_seen < total_images:
-        step = images_seen // train.batch_size
-        x = draw_batch(sets_t, weights, local_batch, cfg["seed"], cfg["stage"], rank, step)
-        loss = train_step(model, ddp_model, opt, ema, loss_fn, x, train, images_seen, bf16)
-        images_seen += train.batch_size
-        losses.append(loss.item())
-        if len(losses) == 1:
-            t_first, images_first = time.time(), images_seen
 
-        done = images_seen >= total_images
-        if rank == 0 and (
-            images_seen // log_every > (images_seen - train.batch_size) // log_every or done
-        ):
-            rate = (images_seen - images_last) / max(time.time() - t_last, 1e-9)
-            print(
-                f"{cfg['stage']}: {images_seen / 1000:.1f}/{total_images / 1000:.1f} kimg, "
-                f"loss {np.mean(losses[-50:]):.4f}, {rate:.0f} images/s",
-                flush=True,
-            )
-            t_last, images_last = time.time(), images_seen
-            if progress is not None:
-                progress.set(images_seen / 1000, tags=cfg["metric_tags"])
-        crossed = images_seen // ckpt_every > (images_seen - train.batch_size) // ckpt_every
-        if crossed or done:
-            report(float(np.mean(losses[-50:])))
-    if not losses:  # resumed from a state that had already finished: report it once more
-        report(float(resume_state.get("loss", float("nan"))))
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train worker: EDM training of `config["job"]` (a `TrainJob`) for `job.kimg`."""
+    job: TrainJob = config["job"]
+    train = job.train
+    if train.threads > 0:
+        torch.set_num_threads(train.threads)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+
+    resume = restore_point(job)
+    init = None
+    if resume is None and job.init_checkpoint:
+        init = load_denoiser_at(job.init_checkpoint)[0]
+    state = TrainState(job.network, train, job.seed, job.stage, init).to(device)
+    if resume is not None:
+        state.load_state_dict(resume)
+        if rank == 0:
+            kimg = state.images_seen / 1000
+            print(f"{job.stage}: resumed from its checkpoint at {kimg:.1f} kimg", flush=True)
+    model = ray.train.torch.prepare_model(state.model) if world > 1 else state.model
+
+    items = [s.load(job.item_shape) for s in job.sets]
+    weights = set_weights([len(x) for x in items], [s.weight for s in job.sets])
+    sets = [torch.from_numpy(x).to(device) for x in items]
+    loss_fn = EDMLoss(P_mean=train.P_mean, P_std=train.P_std, sigma_data=job.network.sigma_data)
+    bf16 = train.bf16 and device.type == "cuda"  # autocast; weights and Adam stay float32
+    reporter = Reporter(job, rank, state, resume["images_seen"] if resume else None)
+    reporter.set_sizes = [len(x) for x in items]
+
+    while state.images_seen < job.kimg * 1000:
+        step = state.images_seen // train.batch_size
+        x = draw_batch(sets, weights, train.batch_size // world, job.seed, job.stage, rank, step)
+        reporter.step(train_step(state, model, loss_fn, x, train, bf16), state)
+    if not reporter.losses:  # resumed from a state that had already finished: report it again
+        reporter.report(state)
 
 
-def run_train(
-    stage: str,
-    out_path: Where,
-    storage: Where,
-    train: TrainConfig,
-    network: NetworkConfig,
-    sets: list[dict],
-    item_shape: tuple[int, ...],
-    kimg: float,
-    seed: int,
-    init_checkpoint: Where | None = None,
-    extra: dict | None = None,
-    log=print,
-    metric_tags: dict | None = None,
-) -> dict:
-    """Run one train stage to completion and write the EMA denoiser to `out_path`."""
-    names = [s.get("path") or f"source {s['source']}" for s in sets]
-    log(f"{stage}: {kimg} kimg on {names} with {train.num_workers} worker(s)")
-    storage = Location.of(storage)
+def run_train(job: TrainJob, out_path: Where, log=print, **extra) -> dict:
+    """Run one train stage to completion and write its EMA denoiser (with `extra` in the
+    checkpoint) to `out_path`."""
+    log(
+        f"{job.stage}: {job.kimg} kimg on {[str(s) for s in job.sets]} "
+        f"with {job.train.num_workers} worker(s)"
+    )
+    storage = Location.of(job.storage)
     t0 = time.time()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "train": dataclasses.asdict(train),
-            "network": dataclasses.asdict(network),
-            "sets": sets,
-            "item_shape": list(item_shape),
-            "kimg": kimg,
-            "stage": stage,
-            "seed": seed,
-            "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
-            "storage": str(storage / stage),
-            "metric_tags": metric_tags,
-        },
+        train_loop_config={"job": job},
         scaling_config=ScalingConfig(
-            num_workers=train.num_workers,
-            use_gpu=train.use_gpu,
+            num_workers=job.train.num_workers,
+            use_gpu=job.train.use_gpu,
             resources_per_worker={
-                "CPU": train.cpus_per_worker,
-                **({"GPU": 1} if train.use_gpu else {}),
+                "CPU": job.train.cpus_per_worker,
+                **({"GPU": 1} if job.train.use_gpu else {}),
             },
         ),
         run_config=RunConfig(
-            name=stage,
+            name=job.stage,
             storage_path=storage.path,
             storage_filesystem=None if storage.local is not None else storage.fs,
-            failure_config=FailureConfig(max_failures=train.max_failures),
+            failure_config=FailureConfig(max_failures=job.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"{stage}: training finished without a checkpoint")
+        raise RuntimeError(f"{job.stage}: training finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-    if state["images_seen"] < kimg * 1000:
+    if state["images_seen"] < job.kimg * 1000:
         raise RuntimeError(
-            f"{stage}: last checkpoint has {state['images_seen']} images, "
-            f"expected {kimg * 1000:.0f}"
+            f"{job.stage}: last checkpoint has {state['images_seen']} images, "
+            f"expected {job.kimg * 1000:.0f}"
         )
-    denoiser = build_denoiser(network)
+    denoiser = build_denoiser(job.network)
     denoiser.load_state_dict(state["ema"])
     seconds = time.time() - t0
     summary = {
-        "stage": stage,
-        "kimg": kimg,
+        "stage": job.stage,
+        "kimg": job.kimg,
         "seconds": seconds,
-        "images_per_s": kimg * 1000 / seconds,
+        "images_per_s": job.kimg * 1000 / seconds,
         "loss": result.metrics.get("loss"),
         "resumed_from_kimg": result.metrics.get("resumed_from_kimg"),
         "set_sizes": result.metrics.get("set_sizes"),
+        "loop_images_per_s": result.metrics.get("images_per_s"),  # after the first step
     }
-    save_denoiser_at(out_path, denoiser, network, stage=stage, **(extra or {}))
-    log(f"{stage}: done in {seconds:.1f}s, final loss {summary['loss']:.4f}")
+    save_denoiser_at(out_path, denoiser, job.network, stage=job.stage, **extra)
+    log(f"{job.stage}: done in {seconds:.1f}s, final loss {summary['loss']:.4f}")
     return summary

@@ -1,0 +1,157 @@
+"""EDM training, without Ray: the train configuration, the training state (model, EMA, Adam,
+images seen) with its save and restore, the reproducible batch draw, and one training step
+(Karras et al. 2022, `training/training_loop.py`; the loss is Eq. 2 with Sec. 5's
+preconditioning). Ray Train's worker (`sfbd.stages.refit`) only wires these to a cluster."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sfbd.diffusion.ema import EMA, ema_beta
+from sfbd.diffusion.loss import EDMLoss
+from sfbd.diffusion.networks import EDMPrecond, NetworkConfig, build_denoiser
+
+
+@dataclass
+class TrainConfig:
+    """Pretraining and refits. Durations and EMA in thousands of images (kimg)."""
+
+    batch_size: int = 128  # global batch, split across workers
+    lr: float = 1e-3
+    warmup_kimg: float = 1.0
+    ema_halflife_kimg: float = 0.5
+    ema_rampup_ratio: float | None = 0.05
+    pretrain_kimg: float = 20.0
+    refit_kimg: float = 10.0
+    checkpoint_kimg: float = 5.0  # Ray Train checkpoint interval (resume granularity)
+    log_kimg: float = 2.0
+    clean_weight: float | None = None  # share of clean items in refit batches; None: by set size
+    num_workers: int = 1  # >= 1 (local mode, 0, does not persist checkpoints: no resume)
+    use_gpu: bool = False
+    bf16: bool = True  # bf16 autocast of the forward/backward pass on GPUs (no effect on CPUs)
+    cpus_per_worker: float = 1.0
+    threads: int = 0  # torch threads per worker; 0: Ray's default (OMP_NUM_THREADS)
+    max_failures: int = 3
+    grad_clip: float = 0.0  # max global gradient norm per step; 0: no clipping (EDM)
+    P_mean: float = -1.2
+    P_std: float = 1.2
+
+
+def step_seed(seed: int, stage: str, rank: int, step: int) -> int:
+    """A 63-bit seed that depends on (seed, stage, rank, step) alone."""
+    digest = hashlib.blake2b(f"{seed}/{stage}/{rank}/{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class TrainState:
+    """What a training run carries from step to step and across restarts."""
+
+    def __init__(
+        self,
+        network: NetworkConfig,
+        train: TrainConfig,
+        seed: int,
+        stage: str,
+        init: EDMPrecond | None = None,
+    ):
+        # The same initial weights on every rank and in every run with this seed.
+        torch.manual_seed(step_seed(seed, stage + "/init", 0, 0))
+        self.model = build_denoiser(network)
+        if init is not None:
+            self.model.load_state_dict(init.state_dict())
+        self.ema = EMA(self.model)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=train.lr, betas=(0.9, 0.999), eps=1e-8
+        )
+        self.images_seen = 0
+        self.loss = float("nan")
+
+    def to(self, device: torch.device) -> TrainState:
+        self.model.to(device)
+        self.ema.model.to(device)
+        return self
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "images_seen": self.images_seen,
+            "loss": self.loss,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore after `to(device)`: Adam moves its state to where the parameters are."""
+        self.model.load_state_dict(state["model"])
+        self.ema.model.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.images_seen = int(state["images_seen"])
+        self.loss = float(state.get("loss", float("nan")))
+
+
+def draw_batch(
+    sets: list[torch.Tensor],
+    weights: np.ndarray,
+    size: int,
+    seed: int,
+    stage: str,
+    rank: int,
+    step: int,
+) -> torch.Tensor:
+    """One rank's batch of a step: items drawn from the sets by `weights`, reproducibly from
+    (seed, stage, rank, step); also seeds the step's EDM noise."""
+    rng = np.random.default_rng(step_seed(seed, stage, rank, step))
+    torch.manual_seed(step_seed(seed, stage + "/noise", rank, step))
+    which = rng.choice(len(sets), size=size, p=weights)
+    device = sets[0].device
+    parts = [
+        sets[k][torch.from_numpy(rng.integers(0, len(sets[k]), int((which == k).sum()))).to(device)]
+        for k in range(len(sets))
+        if (which == k).any()
+    ]
+    return torch.cat(parts)
+
+
+def train_step(
+    state: TrainState,
+    model: torch.nn.Module,
+    loss_fn: EDMLoss,
+    x: torch.Tensor,
+    train: TrainConfig,
+    bf16: bool,
+) -> float:
+    """One EDM training step on `x`: warm-up learning rate, loss, backward, gradient clean-up
+    and clipping, Adam, EMA. `model` is what runs the forward pass (`state.model`, or its DDP
+    wrapper). Advances `state.images_seen` by the global batch; returns the loss."""
+    warm = min(state.images_seen / max(train.warmup_kimg * 1000, 1e-8), 1.0)
+    for group in state.optimizer.param_groups:
+        group["lr"] = train.lr * max(warm, 1e-3)
+    state.optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+        loss = loss_fn(model, x).mean()
+    loss.backward()
+    for p in state.model.parameters():
+        if p.grad is not None:
+            torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+    if train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), train.grad_clip)
+    state.optimizer.step()
+    state.images_seen += train.batch_size
+    beta = ema_beta(
+        train.batch_size, train.ema_halflife_kimg * 1000, train.ema_rampup_ratio, state.images_seen
+    )
+    state.ema.update(state.model, beta)
+    return loss.item()
+
+
+def set_weights(sizes: list[int], weights: list[float | None]) -> np.ndarray:
+    """Draw probabilities of the train sets: a set's weight, or its size where unset."""
+    w = np.array(
+        [size if weight is None else weight for size, weight in zip(sizes, weights, strict=True)],
+        dtype=np.float64,
+    )
+    return w / w.sum()

@@ -1,0 +1,1 @@
+"""Studies of the method and the system: benchmark, NFE study, experiment table."""

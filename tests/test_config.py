@@ -1,0 +1,49 @@
+"""Bad configuration files: one line naming the file (and line), exit 2, before any work."""
+
+import pytest
+
+from sfbd.cli import main
+from sfbd.config import load_config
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("iterations: 2\ntrain: {lr: 1e-3\n", "line 3"),  # unclosed flow mapping
+        ("iterations: [1, 2\n", "not valid YAML"),
+        ("- iterations: 2\n- seed: 1\n", "top level is a list"),
+        ("", "is empty"),
+        ("# only a comment\n", "is empty"),
+        ("42\n", "top level is a int"),
+    ],
+)
+def test_bad_yaml_files_give_one_line_naming_the_file(tmp_path, capsys, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    run = tmp_path / "run"
+    assert main(["run", "--config", str(path), "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: config: {path}"), err
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert not run.exists()
+
+
+def test_sigma_in_a_yaml_file_is_read_as_tau_with_a_note(tmp_path, capsys):
+    path = tmp_path / "old.yaml"
+    path.write_text("data: {dataset: toy2d, sigma: 0.3}\nnetwork: {preset: mlp, channels: 2}\n")
+    assert load_config(str(path)).data.tau == 0.3
+    assert "data.sigma is now data.tau" in capsys.readouterr().out
+    path.write_text("data: {dataset: toy2d, sigma: 0.3, tau: 0.3}\n")
+    with pytest.raises(ValueError, match="data.sigma is now data.tau"):
+        load_config(str(path))
+
+
+def test_a_config_object_and_overrides_are_accepted_by_the_api(tmp_path):
+    from sfbd.run import resolve
+
+    config = load_config("toy2d")
+    resolved, run, data = resolve(config, ["iterations=2", "data.tau=0.3"], tmp_path / "r")
+    assert resolved.iterations == 2 and resolved.data.tau == 0.3 and data is None
+    assert str(run) == str(tmp_path / "r")
+    with pytest.raises(ValueError, match="baselines: unknown"):
+        resolve(config, [], tmp_path / "r", baselines=["nope"])
