@@ -25,10 +25,10 @@ def run_job(args: list[str]) -> int:
 def test_toy_sfbd_beats_pretraining_and_noisy_training(ray_cluster, tmp_path):
     run = tmp_path / "toy"
     args = ["--config", "toy2d", "--run-dir", str(run), "--address", ray_cluster]
-    args += ["--set", "iterations=3"]
+    args += ["--set", "iterations=2"]
     assert run_job(args + ["--baselines", "noisy"]) == 0
     metrics = RunDir(run).read_metrics()
-    assert [m["iteration"] for m in metrics] == [0, 1, 2, 3]
+    assert [m["iteration"] for m in metrics] == [0, 1, 2]
     swd = [m["swd_true"] for m in metrics]
     noisy = json.loads((run / "baselines" / "noisy.json").read_text())["swd_true"]
     print(
@@ -37,14 +37,14 @@ def test_toy_sfbd_beats_pretraining_and_noisy_training(ray_cluster, tmp_path):
     )
     assert swd[-1] < swd[0]
     assert swd[-1] < noisy
-    assert (run / "grids" / "iter_003_points.png").is_file()
+    assert (run / "grids" / "iter_002_points.png").is_file()
     # A finished run returns at once and changes nothing.
     before = (run / "state.json").read_text()
     t0 = time.time()
     assert run_job(args) == 0
     assert time.time() - t0 < 30
     assert (run / "state.json").read_text() == before
-    assert len(RunDir(run).read_metrics()) == 4
+    assert len(RunDir(run).read_metrics()) == 3
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_tiny_image_run_with_two_ddp_workers(ray_cluster, tmp_path, tiny_images)
     feature_net = tmp_path / "features.pt"
     torch.jit.script(net).save(str(feature_net))
     sets = [
-        "iterations=2",
+        "iterations=1",
         "network.preset=tiny",
         "train.num_workers=2",
         "train.threads=1",
@@ -122,28 +122,24 @@ def test_tiny_image_run_with_two_ddp_workers(ray_cluster, tmp_path, tiny_images)
     assert run_job(args + [a for s in sets for a in ("--set", s)]) == 0
 
     noisy_ids, _ = read_split(data, "noisy")
-    for k in (1, 2):
-        out = run / "denoised" / f"iter_{k:03d}"
-        ids = np.concatenate(
-            [
-                pq.read_table(p, columns=["id"]).column("id").to_numpy()
-                for p in out.glob("*.parquet")
-            ]
-        )
-        assert len(ids) == len(noisy_ids) == 360
-        assert sorted(ids.tolist()) == sorted(noisy_ids.tolist())  # each id exactly once
-        assert json.loads((out / "_COMPLETE.json").read_text())["count"] == 360
-    for k in (0, 1, 2):
+    out = run / "denoised" / "iter_001"
+    ids = np.concatenate(
+        [pq.read_table(p, columns=["id"]).column("id").to_numpy() for p in out.glob("*.parquet")]
+    )
+    assert len(ids) == len(noisy_ids) == 360
+    assert sorted(ids.tolist()) == sorted(noisy_ids.tolist())  # each id exactly once
+    assert json.loads((out / "_COMPLETE.json").read_text())["count"] == 360
+    for k in (0, 1):
         assert (run / "checkpoints" / f"iter_{k:03d}.pt").is_file()
         assert (run / "grids" / f"iter_{k:03d}_samples.png").is_file()
-    assert (run / "grids" / "iter_002_denoised.png").is_file()
+    assert (run / "grids" / "iter_001_denoised.png").is_file()
     rows = RunDir(run).read_metrics()
-    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert [r["iteration"] for r in rows] == [0, 1]
     assert rows[1]["denoised"]["count"] == 360 and "denoise" in rows[1]["seconds"]
     assert all(r["metric"] == "fd" and "features.pt" in r["feature_net"] for r in rows)
     assert all(r["fd"] >= 0 for r in rows)
-    assert set(rows[2]["memorization"]) == {"threshold", "clean", "denoised"}
-    assert (run / "metrics.png").is_file() and (run / "grids" / "iter_002_closest.png").is_file()
+    assert set(rows[1]["memorization"]) == {"threshold", "clean", "denoised"}
+    assert (run / "metrics.png").is_file() and (run / "grids" / "iter_001_closest.png").is_file()
 
     out = tmp_path / "s.npz"
     assert (
@@ -151,7 +147,7 @@ def test_tiny_image_run_with_two_ddp_workers(ray_cluster, tmp_path, tiny_images)
             [
                 "sample",
                 "--checkpoint",
-                str(run / "checkpoints" / "iter_002.pt"),
+                str(run / "checkpoints" / "iter_001.pt"),
                 "--num",
                 "5",
                 "--steps",

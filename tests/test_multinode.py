@@ -29,7 +29,7 @@ SETTINGS = [
     "denoise.num_actors=2",
     "denoise.threads=1",
     "denoise.batch_size=1024",
-    "eval.num_samples=2000",
+    "eval.num_samples=500",
     "eval.threads=1",
 ]
 
