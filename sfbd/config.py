@@ -276,6 +276,11 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> SFBDCo
         )
     data = parse_yaml(text, str(path) if path.suffix else f"preset {name_or_path}")
     data.setdefault("name", path.stem if path.suffix else name_or_path)
+    return config_from_dict(data, overrides)
+
+
+def config_from_dict(data: dict, overrides: list[str] | None = None) -> SFBDConfig:
+    """A validated config from a mapping and `key=value` overrides (old key names read as new)."""
     data = renamed_keys(apply_overrides(renamed_keys(data), overrides or []))
     config = from_dict(SFBDConfig, data)
     config.validate()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from sfbd.config import SFBDConfig, load_config
+from sfbd.config import SFBDConfig, config_from_dict, load_config
 from sfbd.data.store import MANIFEST, read_manifest, verify_split
 from sfbd.rundir import RunDir
 from sfbd.storage import Location, Where
@@ -65,12 +65,7 @@ def resolve(
     if isinstance(config, str):
         config = load_config(config, list(overrides))
     else:
-        if overrides:
-            from sfbd.config import apply_overrides, from_dict, renamed_keys
-
-            data_dict = renamed_keys(apply_overrides(config.to_dict(), list(overrides)))
-            config = from_dict(SFBDConfig, data_dict)
-        config.validate()
+        config = config_from_dict(config.to_dict(), list(overrides))
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise ValueError(f"baselines: unknown {unknown}; allowed: {', '.join(BASELINES)}")
