@@ -25,7 +25,11 @@ for attempt in $(seq 1 24); do
     sleep 5
 done
 ray job logs --address "$address" --follow "$job_id"
-if ! ray job status --address "$address" "$job_id" 2>&1 | tee /dev/stderr | grep -qi "succeeded"; then
+# Read the status into a variable first: `grep -q` in a pipe under pipefail can kill the
+# writer with SIGPIPE and fail a job that succeeded.
+status=$(ray job status --address "$address" "$job_id" 2>&1) || true
+echo "$status"
+if ! grep -qi "succeeded" <<<"$status"; then
     echo "submit_local: job $job_id did not succeed" >&2
     exit 1
 fi
