@@ -32,6 +32,7 @@ def main() -> int:
     for _ in range(args.nodes - 1):
         cluster.add_node(**node_args)
     cluster.wait_for_nodes()
+    print("cluster_run: cluster up", file=sys.stderr, flush=True)
     try:
         rc = sfbd_main(["run", *job_args, "--address", cluster.address])
         placement: dict[str, list[str]] = {}

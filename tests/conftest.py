@@ -42,10 +42,14 @@ def ray_cluster():
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     ray.init(
+        address="local",  # a cluster of its own, even while another one runs on this machine
         num_cpus=2,
         include_dashboard=False,
         namespace="sfbd",
         configure_logging=False,
+        # Export metrics every 2 s (default 10 s): the fault test reads the running stage
+        # from them while that stage still runs.
+        _system_config={"metrics_report_interval_ms": 2000},
         log_to_driver=True,
     )
     yield ray.get_runtime_context().gcs_address

@@ -80,6 +80,7 @@ def test_experiment_table_baselines_and_resume(ray_cluster, tmp_path, unique_ima
         # One torch thread per process: each holds one of the cluster's two CPUs, and two
         # threads in processes that share a loaded core make a step many times slower.
         "train.threads=1",
+        "train.num_workers=0",  # local mode: seven train stages, no worker start-ups
         "denoise.threads=1",
         "eval.threads=1",
     ]

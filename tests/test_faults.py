@@ -174,6 +174,28 @@ def test_killed_train_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_p
     assert summary["kimg"] == 48.0
     assert load_denoiser_at(tmp_path / "out.pt")[2]["stage"] == "refit_001"
 
+    # Every step is reproducible from (seed, stage, step), so the resumed stage ends where an
+    # uninterrupted one does; and Ray Train's local mode (train.num_workers = 0, the loop in
+    # this process) gives what one worker gives, bit for bit. Local mode writes its own
+    # checkpoints: a stage started again (a restarted driver) resumes from them.
+    import dataclasses
+
+    import torch
+
+    local = dataclasses.replace(train, num_workers=0)
+    threads = torch.get_num_threads()
+    try:
+        part = dataclasses.replace(job, train=local, kimg=24.0, storage=str(tmp_path / "local"))
+        run_train(part, tmp_path / "part.pt")
+        whole = run_train(dataclasses.replace(part, kimg=48.0), tmp_path / "local.pt")
+    finally:
+        torch.set_num_threads(threads)
+    assert whole["resumed_from_kimg"] == 24.0
+    assert len(list((tmp_path / "local" / "refit_001").glob("checkpoint_*"))) == 2  # keeps 2
+    a = load_denoiser_at(tmp_path / "out.pt")[0].state_dict()
+    b = load_denoiser_at(tmp_path / "local.pt")[0].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
 
 def _scrape(pattern: str) -> list[str]:
     import ray

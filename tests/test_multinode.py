@@ -5,6 +5,7 @@ same seed and the same total resources."""
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,19 +35,31 @@ SETTINGS = [
 ]
 
 
-def _run(run_dir: Path, nodes: int, cpus_per_node: float) -> dict:
+def _start(run_dir: Path, nodes: int, cpus_per_node: float) -> subprocess.Popen:
+    """`sfbd run` on a fresh cluster in a subprocess, once that cluster is up (two clusters
+    starting at once on two cores can miss Ray's 30 s raylet start-up deadline)."""
     args = ["--config", "toy2d", "--run-dir", str(run_dir)]
     for s in SETTINGS:
         args += ["--set", s]
-    proc = subprocess.run(
+    log = run_dir.with_suffix(".log")
+    proc = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "cluster_run.py"), "--nodes", str(nodes)]
         + ["--cpus-per-node", str(cpus_per_node), "--", *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=open(log, "w"),  # noqa: SIM115 (closed with the process)
         text=True,
-        timeout=900,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    deadline = time.time() + 120
+    while "cluster_run: cluster up" not in log.read_text():
+        assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    return proc
+
+
+def _result(proc: subprocess.Popen, run_dir: Path) -> dict:
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, run_dir.with_suffix(".log").read_text()[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def _state_dict(path: Path) -> dict:
@@ -56,8 +69,16 @@ def _state_dict(path: Path) -> dict:
 
 
 def test_three_node_run_spreads_work_and_matches_a_one_node_run(tmp_path):
-    multi = _run(tmp_path / "multi", nodes=3, cpus_per_node=1)
-    single = _run(tmp_path / "single", nodes=1, cpus_per_node=3)
+    # The two clusters run side by side: the results cannot depend on the timing.
+    procs = [_start(tmp_path / "multi", 3, 1), _start(tmp_path / "single", 1, 3)]
+    try:
+        multi, single = (
+            _result(procs[0], tmp_path / "multi"),
+            _result(procs[1], tmp_path / "single"),
+        )
+    finally:
+        for p in procs:
+            p.kill()
     print(f"placement on 3 nodes: {multi['placement']}")
     assert multi["nodes"] == 3 and single["nodes"] == 1
     for kind in ("RayTrainWorker", "MapWorker"):

@@ -30,7 +30,7 @@ class TrainConfig:
     checkpoint_kimg: float = 5.0  # Ray Train checkpoint interval (resume granularity)
     log_kimg: float = 2.0
     clean_weight: float | None = None  # share of clean items in refit batches; None: by set size
-    num_workers: int = 1  # >= 1 (local mode, 0, does not persist checkpoints: no resume)
+    num_workers: int = 1  # DDP workers; 0: Ray Train's local mode (in the orchestrator)
     use_gpu: bool = False
     bf16: bool = True  # bf16 autocast of the forward/backward pass on GPUs (no effect on CPUs)
     cpus_per_worker: float = 1.0
