@@ -2,6 +2,7 @@
 
     config.yaml                resolved configuration
     state.json                 completed stages with their timings and summaries
+    lease.json                 the run that owns the directory and its heartbeat (sfbd.lease)
     data/                      prepared data (when no --data was given)
     checkpoints/iter_000.pt    EMA denoiser after pretraining; iter_{k:03d}.pt after iteration k
     denoised/iter_{k:03d}/     denoised noisy set of iteration k (Parquet, id + x) + _COMPLETE.json
@@ -50,6 +51,11 @@ class RunDir:
     @property
     def state_file(self) -> Location:
         return self.root / "state.json"
+
+    @property
+    def lease_file(self) -> Location:
+        """Who owns the run directory while a run works in it (see `sfbd.lease`)."""
+        return self.root / "lease.json"
 
     @property
     def metrics_file(self) -> Location:
@@ -127,10 +133,17 @@ class RunDir:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def append_metrics(self, row: dict) -> None:
-        """Add one record to metrics.jsonl (rewritten whole: object stores cannot append)."""
+        """Add one record to metrics.jsonl, in place of an earlier record of the same
+        evaluation (its `iteration`), so that an evaluation redone after a crash never leaves
+        two rows. The file is rewritten whole: object stores cannot append."""
         path = self.metrics_file
-        text = path.read_text() if path.is_file() else ""
-        path.write_text(text + json.dumps(row) + "\n")
+        lines = path.read_text().splitlines() if path.is_file() else []
+        new, placed = json.dumps(row), False
+        for i, line in enumerate(lines):
+            if line.strip() and json.loads(line).get("iteration") == row.get("iteration"):
+                lines[i], placed = ("" if placed else new), True
+        lines = [line for line in lines if line.strip()] + ([] if placed else [new])
+        path.write_text("".join(line + "\n" for line in lines))
 
     def metrics_row(self, iteration: int) -> dict | None:
         rows = [r for r in self.read_metrics() if r.get("iteration") == iteration]

@@ -226,8 +226,10 @@ def _load_folder(path: Path, limit: int | None) -> np.ndarray:
 
 
 def _load_npz(path: Path) -> Source:
-    with np.load(path) as z:
-        keys = list(z.keys())
+    from sfbd.safeload import open_npz
+
+    with open_npz(path, f"dataset: {path}") as z:  # never unpickled: object arrays refused
+        keys = z.keys()
         key = "images" if "images" in keys else ("x" if "x" in keys else None)
         if key is None:
             if len(keys) != 1:

@@ -321,16 +321,25 @@ def denoiser_payload(denoiser: EDMPrecond, config: NetworkConfig, **extra) -> by
 def denoiser_from_payload(
     data: bytes, what: str, map_location: str | torch.device = "cpu"
 ) -> tuple[EDMPrecond, NetworkConfig, dict]:
-    """Inverse of `denoiser_payload`; `what` names the file in errors."""
-    try:
-        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated or foreign file
-        raise ValueError(f"checkpoint: {what} is not a readable sfbd checkpoint ({exc})") from exc
+    """Inverse of `denoiser_payload`; `what` names the file in errors. Loads tensors and plain
+    data only: a file whose pickle would build other objects (run code) is refused."""
+    from sfbd.safeload import reason, torch_load
+
+    # Truncated, foreign, or a pickle with code: one line, nothing executed.
+    payload = torch_load(
+        data, f"checkpoint: {what} is not a readable sfbd checkpoint", map_location
+    )
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint: {what} is not an sfbd checkpoint ({CHECKPOINT_FORMAT})")
-    config = NetworkConfig(**payload["network"])
-    denoiser = build_denoiser(config)
-    denoiser.load_state_dict(payload["state_dict"])
+    try:
+        config = NetworkConfig(**payload["network"])
+        denoiser = build_denoiser(config)
+        denoiser.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(
+            f"checkpoint: {what} is not an sfbd checkpoint ({CHECKPOINT_FORMAT}): "
+            f"{type(exc).__name__}: {reason(exc)}"
+        ) from exc
     return denoiser.to(map_location).eval(), config, payload
 
 

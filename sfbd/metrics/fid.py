@@ -31,23 +31,37 @@ def build_inception(
     weights: str | Path | None = None, download: bool = True, device: torch.device | str = "cpu"
 ) -> pf_inception.InceptionV3:
     """pytorch-fid's FID InceptionV3, from `weights`, the hub cache, or a download."""
+    from sfbd.safeload import reason, torch_load
+
     path = Path(weights) if weights else hub_weights_path()
     if weights and not path.is_file():
         raise FileNotFoundError(f"FID: Inception weights file {path} does not exist")
+    refusal = f"FID: {path} is not pytorch-fid's Inception weights ({WEIGHTS_NAME})"
     if path.is_file():
 
         def from_file(*_args, **_kwargs):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch_load(path, refusal)  # tensors only: a pickle with code is refused
 
         with mock.patch.object(pf_inception, "load_state_dict_from_url", from_file):
-            model = pf_inception.InceptionV3([3])
+            try:
+                model = pf_inception.InceptionV3([3])
+            except RuntimeError as exc:  # a state dict of some other network
+                raise ValueError(f"{refusal}: {reason(exc)}") from exc
     elif not download:
         raise FileNotFoundError(_missing_message(path, "downloads are off"))
     else:
+        download_weights = pf_inception.load_state_dict_from_url  # torch.hub's
+
+        def from_url(url, *args, **kwargs):  # pytorch-fid's own call would unpickle in full
+            return download_weights(url, *args, **{**kwargs, "weights_only": True})
+
         try:
-            model = pf_inception.InceptionV3([3])
+            with mock.patch.object(pf_inception, "load_state_dict_from_url", from_url):
+                model = pf_inception.InceptionV3([3])
         except Exception as exc:
-            raise FileNotFoundError(_missing_message(path, f"download failed: {exc}")) from exc
+            raise FileNotFoundError(
+                _missing_message(path, f"download failed: {reason(exc)}")
+            ) from exc
     return model.to(device).eval()
 
 
@@ -80,7 +94,10 @@ def reference_stats(
 
     path = Location.of(cache_dir) / f"{key}-{len(images)}-{digest}.npz" if cache_dir else None
     if path is not None and path.is_file():
-        with np.load(io.BytesIO(path.read_bytes())) as z:
+        from sfbd.safeload import open_npz
+
+        what = f"FID: cached reference statistics {path} (delete it to recompute)"
+        with open_npz(path.read_bytes(), what) as z:
             return z["mu"], z["sigma"]
     mu, sigma = feature_stats(extract_features(feature_fn, images, batch_size))
     if path is not None:
@@ -92,10 +109,12 @@ def reference_stats(
 
 def load_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Precomputed statistics: an `.npz` with `mu` and `sigma` (the usual FID stats files)."""
+    from sfbd.safeload import open_npz
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"FID: statistics file {path} does not exist")
-    with np.load(path) as z:
+    with open_npz(path, f"FID: statistics file {path}") as z:  # never unpickled
         if "mu" not in z or "sigma" not in z:
-            raise ValueError(f"FID: {path} needs arrays mu and sigma (has {list(z.keys())})")
+            raise ValueError(f"FID: {path} needs arrays mu and sigma (has {z.keys()})")
         return z["mu"], z["sigma"]

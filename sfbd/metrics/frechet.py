@@ -44,16 +44,23 @@ def extract_features(
 
 def load_feature_net(path: str | Path, device: torch.device | str = "cpu") -> FeatureFn:
     """A feature extractor saved as TorchScript (`torch.jit.save`) or, for `.pt2` files, as an
-    exported program (`torch.export.save`): images [B, C, H, W] in [-1, 1] -> [B, D]."""
+    exported program (`torch.export.save`): images [B, C, H, W] in [-1, 1] -> [B, D].
+
+    Neither runs Python from the file: TorchScript archives are read by torch's own restricted
+    unpickler, and an exported program is loaded with every `torch.load` weights-only and its
+    opaque pickled objects refused (torch.export alone would unpickle them in full)."""
+    from sfbd.safeload import reason, weights_only_torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"feature network: {path} does not exist")
     try:
         if path.suffix == ".pt2":
-            return torch.export.load(str(path)).module().to(device)
+            with weights_only_torch():
+                return torch.export.load(str(path)).module().to(device)
         net = torch.jit.load(str(path), map_location=device)
     except Exception as exc:
         raise ValueError(
-            f"feature network: {path} is not a TorchScript file or exported program ({exc})"
+            f"feature network: {path} is not a TorchScript file or exported program ({reason(exc)})"
         ) from exc
     return net.eval()
