@@ -8,11 +8,15 @@ table all start runs through it; a rerun on the same run directory resumes.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 
+from sfbd.clusterwatch import ClusterWatch, cluster_addresses
 from sfbd.config import SFBDConfig, config_from_dict, load_config
 from sfbd.data.store import MANIFEST, read_manifest, verify_split
+from sfbd.lease import hold_lease
 from sfbd.rundir import RunDir
 from sfbd.storage import Location, Where
 
@@ -136,6 +140,28 @@ def init_ray(address: str | None = None):
     return ray.init(address=address, namespace="sfbd")
 
 
+def watch_cluster(run: RunDir, lease) -> ClusterWatch:
+    """In a driver process, end the run within seconds of losing the cluster (head, GCS or
+    this node's raylet), with the CLI's one line for a failed stage, instead of Ray's 60 s
+    reconnect wait and its own messages. The run directory stays resumable: every stage
+    writes its outputs atomically, and the lease is released for the rerun."""
+    import ray
+
+    def lost(reason: str) -> None:
+        stage = run.read_state().get("current")
+        print(
+            f"error: {StageFailed(stage, reason)} (rerun the same command to resume)",
+            file=sys.stderr,
+            flush=True,
+        )
+        lease.release()
+        os._exit(1)  # Ray's client would otherwise hang in its reconnect loop
+
+    if ray._private.worker.global_worker.mode != ray.SCRIPT_MODE:
+        return ClusterWatch({}, lost)  # a Tune trial or task: Ray ends it with its cluster
+    return ClusterWatch(cluster_addresses(), lost).start()
+
+
 def fit(
     config: SFBDConfig | str,
     run_dir: Where | None = None,
@@ -154,45 +180,54 @@ def fit(
     with every `metrics.jsonl` row as it lands (rows of stages finished before a resume too).
 
     Returns `{"run_dir", "state", "metrics", "baselines"}`. Raises `ValueError`/`OSError`
-    (one line, before any work) for bad input and `StageFailed` when a stage fails.
+    (one line, before any work) for bad input, `sfbd.lease.LeaseHeld` (a `ValueError`, before
+    any work) while another run holds the run directory, and `StageFailed` when a stage fails.
+    The run holds the directory's lease from before Ray starts to the end of its baselines.
     """
     import ray
 
     config, run, data_loc = resolve(config, overrides, run_dir, data, baselines)
-    ctx = init_ray(address)
-    check_resources(config, ray.cluster_resources())
-    data_loc = prepare_run_dir(config, run, data_loc)
+    with hold_lease(run, log=log) as lease:
+        ctx = init_ray(address)
+        check_resources(config, ray.cluster_resources())
+        data_loc = prepare_run_dir(config, run, data_loc)
 
-    from sfbd import orchestrator
+        from sfbd import orchestrator
 
-    t0 = time.time()
-    dashboard = getattr(ctx, "dashboard_url", None) if ctx is not None else None
-    log(
-        f"run {run} ({config.name}): {config.iterations} iterations"
-        + (f"; dashboard: {dashboard}" if dashboard else "")
-    )
-    actor = orchestrator.start(run.root, data_loc)
-    ref = actor.run.remote()
-    reported = 0
-    try:
-        while True:
-            done, _ = ray.wait([ref], timeout=1.0)
-            if on_metrics is not None:
-                rows = run.read_metrics()
-                for row in rows[reported:]:
-                    on_metrics(row)
-                reported = len(rows)
-            if done:
-                summary = ray.get(ref)
-                break
-    except ray.exceptions.RayError as exc:
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        reason = lines[-1] if lines else repr(exc)
-        raise StageFailed(run.read_state().get("current"), reason) from exc
-    log(f"finished in {time.time() - t0:.1f}s; run directory {run}")
-    summary["baselines"] = {}
-    for kind in baselines:
-        from sfbd.baselines import run_baseline
+        t0 = time.time()
+        dashboard = getattr(ctx, "dashboard_url", None) if ctx is not None else None
+        log(
+            f"run {run} ({config.name}): {config.iterations} iterations"
+            + (f"; dashboard: {dashboard}" if dashboard else "")
+        )
+        actor = orchestrator.start(run.root, data_loc)
+        ref = actor.run.remote()
+        reported = 0
+        watch = watch_cluster(run, lease)
+        try:
+            while True:
+                done, _ = ray.wait([ref], timeout=1.0)
+                if lease.lost:  # another run took the directory over: stop writing to it
+                    ray.kill(actor)
+                    raise StageFailed(run.read_state().get("current"), lease.lost)
+                if on_metrics is not None:
+                    rows = run.read_metrics()
+                    for row in rows[reported:]:
+                        on_metrics(row)
+                    reported = len(rows)
+                if done:
+                    summary = ray.get(ref)
+                    break
+        except ray.exceptions.RayError as exc:
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            reason = lines[-1] if lines else repr(exc)
+            raise StageFailed(run.read_state().get("current"), reason) from exc
+        finally:
+            watch.stop()
+        log(f"finished in {time.time() - t0:.1f}s; run directory {run}")
+        summary["baselines"] = {}
+        for kind in baselines:
+            from sfbd.baselines import run_baseline
 
-        summary["baselines"][kind] = run_baseline(kind, run.root, data_loc, config)
-    return summary
+            summary["baselines"][kind] = run_baseline(kind, run.root, data_loc, config)
+        return summary

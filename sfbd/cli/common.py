@@ -24,7 +24,12 @@ def add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def add_address(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default=None, help="Ray address; default: RAY_ADDRESS or local")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray address; default: RAY_ADDRESS, else a cluster `ray start` began on this "
+        "machine, else a new local one; `local` always starts a new local one",
+    )
 
 
 def floats(flag: str):
