@@ -53,6 +53,7 @@ class EvalConfig:
     seed: int = 1234
     projections: int = 256  # sliced Wasserstein projections
     threads: int = 0  # torch threads of the evaluation task; 0: Ray's default
+    cpus: float = 1.0  # CPUs of the sampling actor (CPU-only clusters) and of the metrics task
     compile: bool = False  # torch.compile the denoiser of the sampling actors
     # Reference set of the distance: "clean" (the clean set), "test" (the held-out split of
     # data.dataset: cifar10, fashion-mnist, mnist) or "npz:PATH". The toy uses true samples.
@@ -87,7 +88,6 @@ class SFBDConfig:
             "train.log_kimg": self.train.log_kimg,
             "train.ema_halflife_kimg": self.train.ema_halflife_kimg,
             "train.cpus_per_worker": self.train.cpus_per_worker,
-            "train.num_workers": self.train.num_workers,
             "denoise.steps": self.denoise.steps,
             "denoise.batch_size": self.denoise.batch_size,
             "denoise.cpus_per_actor": self.denoise.cpus_per_actor,
@@ -95,6 +95,7 @@ class SFBDConfig:
             "eval.steps": self.eval.steps,
             "eval.batch_size": self.eval.batch_size,
             "eval.projections": self.eval.projections,
+            "eval.cpus": self.eval.cpus,
         }
         for key, value in positive.items():
             if not value > 0:
@@ -132,7 +133,17 @@ class SFBDConfig:
         if w is not None and not 0 < w <= 1:
             raise ValueError(f"config: train.clean_weight = {w}; must lie in (0, 1] or be null")
         workers = self.train.num_workers
-        if self.train.batch_size % workers:
+        if workers < 0:
+            raise ValueError(
+                f"config: train.num_workers = {workers}; allowed: >= 1 DDP workers, "
+                f"or 0 (Ray Train's local mode: train in the orchestrator's process)"
+            )
+        if workers == 0 and self.train.use_gpu:
+            raise ValueError(
+                "config: train.use_gpu needs train.num_workers >= 1 "
+                "(local mode, 0, trains on the orchestrator's CPU)"
+            )
+        if self.train.batch_size % max(workers, 1):
             raise ValueError(
                 f"config: train.batch_size = {self.train.batch_size} is not "
                 f"divisible by train.num_workers = {workers}"

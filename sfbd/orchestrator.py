@@ -155,10 +155,13 @@ class Orchestrator:
                 self.metrics.stage_started(stage, i)
                 t0 = time.time()
                 result = self._run_stage(stage)
+                t1 = time.time()
                 self.state["completed"][stage.key] = {
                     **result,
-                    "seconds": result.get("seconds", time.time() - t0),
-                    "wall_seconds": time.time() - t0,
+                    "seconds": result.get("seconds", t1 - t0),
+                    "wall_seconds": t1 - t0,
+                    "started": t0,  # Unix times: when concurrent runs overlapped (sweeps)
+                    "finished": t1,
                 }
                 self.state["current"] = None
             self.run.write_state(self.state)

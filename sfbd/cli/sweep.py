@@ -7,7 +7,10 @@ a scheduler such as ASHA can stop weak trials early.
 
 Writes `<out>/results.csv` and `<out>/heatmap.png` (final metric over clean fraction x tau).
 Run again with the same `--out` to resume an interrupted sweep (`Tuner.restore`); each trial
-also resumes its own run directory stage by stage.
+also resumes its own run directory stage by stage. `--max-concurrent N` trials must fit in the
+cluster's CPUs at once, each its driver plus its largest stage (`sfbd.sweep`), else the sweep
+is refused. `--compare-sequential` runs the grid at `--max-concurrent` and then one trial at a
+time, into `<out>/concurrent` and `<out>/sequential`, and prints both wall times.
 """
 
 from __future__ import annotations
@@ -31,21 +34,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--sigmas", action=Renamed, new="--taus")
     p.add_argument("--out", default=None, help="default: runs/sweep-<config name>")
-    p.add_argument("--scheduler", choices=["fifo", "asha"], default="fifo")
+    p.add_argument(
+        "--scheduler",
+        choices=["fifo", "asha"],
+        default="fifo",
+        help="fifo: every trial runs to the end; asha: stop trials whose metric lags early",
+    )
     p.add_argument(
         "--max-concurrent",
         type=int,
         default=1,
-        help="trials at once (each runs Ray Data and Ray Train stages)",
+        help="trials at once; each must be able to hold its driver and largest stage at once",
     )
     p.add_argument(
         "--trial-cpus",
         type=float,
-        default=0.0,
-        help="CPUs reserved by a trial's driver (its stages reserve their own)",
+        default=None,
+        help="CPUs reserved by a trial's driver for its whole run (its stages reserve their "
+        "own); default 0.1",
     )
     p.add_argument(
         "--trial-gpus", type=float, default=0.0, help="GPUs reserved by a trial's driver"
+    )
+    p.add_argument(
+        "--compare-sequential",
+        action="store_true",
+        help="time the sweep against the same trials one at a time (a fresh --out)",
     )
     add_address(p)
 
@@ -65,13 +79,20 @@ def main(args: argparse.Namespace) -> int:
         taus=args.taus,
         scheduler=args.scheduler,
         max_concurrent=args.max_concurrent,
-        trial_cpus=args.trial_cpus,
+        **({} if args.trial_cpus is None else {"trial_cpus": args.trial_cpus}),
         trial_gpus=args.trial_gpus,
     )
     grid.validate()
     init_ray(args.address)
     check_resources(config, ray.cluster_resources())
     out = Path(args.out or f"runs/sweep-{config.name}").resolve()
+    if args.compare_sequential:
+        from sfbd.studies.sweep_timing import compare_sequential, format_comparison
+
+        result = compare_sequential(config, grid, out, log=lambda m: print(m, flush=True))
+        print(format_comparison(result, ray.cluster_resources().get("CPU", 0)))
+        print(f"wrote {out / 'comparison.json'}")
+        return 0
     rows, failed = sweep(config, grid, out, log=lambda m: print(m, flush=True))
     print(
         f"[sweep] {len(rows)} trials reported; table {out / 'results.csv'}, "

@@ -1,8 +1,16 @@
 """The denoise stage: SFBD's backward sampling over the whole noisy set with Ray Data.
 
-Reads the noisy Parquet shards, runs `backward_denoise` as a batched `map_batches` over an
-actor pool whose actors load the current EMA weights once, writes Parquet keyed by id, then
-checks that exactly the ids that went in came out, each once, before the output is published.
+Reads the noisy Parquet shards (in the calling process, one block per shard, handed to Ray
+Data through the object store by `sfbd.stages.blocks`), runs `backward_denoise` as a batched
+`map_batches` over an actor pool whose actors load the current EMA weights once, writes
+Parquet keyed by id, then checks that exactly the ids that went in came out, each once,
+before the output is published.
+
+What the stage holds at once (`resources`) is the actor pool plus one writing task: there are
+no read tasks (Ray 2.60's `read_parquet` also starts a listing task of a whole CPU per file,
+which cannot be made smaller) and no metadata tasks (`ray.data.from_arrow` starts one of a
+whole CPU per block), and the dataset's Ray Data budget is capped at that amount, so that the
+stages of concurrent sweep trials can all hold theirs at once (see `sfbd.sweep`).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 import torch
+from ray.data import ExecutionResources
 
 from sfbd.config import DenoiseConfig
 from sfbd.data.store import items_table, read_manifest, shard_paths, table_items
@@ -28,6 +37,7 @@ from sfbd.runfiles import (
     read_parquet,
     stage_dir,
 )
+from sfbd.stages.blocks import dataset_from_tables
 from sfbd.storage import Location
 
 IO_CPUS = 0.25
@@ -113,13 +123,19 @@ def _ids_digest(ids: np.ndarray) -> str:
     return hashlib.sha256(np.sort(ids).astype(np.int64).tobytes()).hexdigest()
 
 
-def actor_resources(config: DenoiseConfig) -> tuple[int, dict]:
+def actor_resources(config: DenoiseConfig, cluster: dict | None = None) -> tuple[int, dict]:
     """(pool size, per-actor resources) from the config and the cluster's GPUs."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    gpus = int((cluster if cluster is not None else ray.cluster_resources()).get("GPU", 0))
     if gpus:
         size = config.num_actors or max(1, int(gpus / config.gpus_per_actor))
         return size, {"num_gpus": config.gpus_per_actor, "num_cpus": config.cpus_per_actor}
     return config.num_actors or 1, {"num_cpus": config.cpus_per_actor}
+
+
+def resources(config: DenoiseConfig, cluster: dict) -> dict:
+    """The most the stage holds at once: its actors and one writing task."""
+    size, res = actor_resources(config, cluster)
+    return {"CPU": size * res["num_cpus"] + IO_CPUS, "GPU": size * res.get("num_gpus", 0)}
 
 
 def run_denoise(
@@ -138,7 +154,9 @@ def run_denoise(
     manifest = read_manifest(data_dir)
     tau, shape = float(manifest["tau"]), tuple(manifest["item_shape"])
     files = shard_paths(data_dir, "noisy")
-    in_ids = read_parquet(files).column("id").to_numpy()
+    t0 = time.time()
+    tables = [read_parquet([f]) for f in files]
+    in_ids = np.concatenate([t.column("id").to_numpy() for t in tables])
     size, res = actor_resources(config)
     log(
         f"denoise {iteration:03d}: {len(in_ids)} items, tau={tau}, {config.steps} levels "
@@ -147,10 +165,10 @@ def run_denoise(
     )
     out_dir = Location.of(out_dir)
     tmp = stage_dir(out_dir)
-    t0 = time.time()
-    # Reading and writing get a fraction of a CPU, so that they can run beside actors that
-    # hold whole CPUs on a small cluster (or inside a Tune trial) instead of waiting forever.
-    ds = ray.data.read_parquet([f.path for f in files], filesystem=files[0].fs, num_cpus=IO_CPUS)
+    # The input from the object store (no read tasks, no metadata tasks); writing gets a
+    # fraction of a CPU, so that it can run beside actors that hold whole CPUs.
+    ds = dataset_from_tables(tables)
+    del tables
     task = DenoiseTask(str(checkpoint), tau, shape, config, seed, iteration, metric_tags)
     ds = ds.map_batches(
         batch_class,
@@ -160,6 +178,11 @@ def run_denoise(
         compute=ray.data.ActorPoolStrategy(size=size),
         scheduling_strategy="SPREAD",  # one actor per node first, as with one per GPU node
         **res,
+    )
+    # Ray Data sizes its budget to the whole cluster; cap it at what the stage may hold.
+    cap = resources(config, ray.cluster_resources())
+    ds.context.execution_options.resource_limits = ExecutionResources(
+        cpu=cap["CPU"], gpu=cap["GPU"]
     )
     ds.set_name(f"denoise_{iteration:03d}")
     ds.write_parquet(tmp.path, filesystem=tmp.fs, ray_remote_args={"num_cpus": IO_CPUS})

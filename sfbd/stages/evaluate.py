@@ -20,6 +20,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from sfbd.config import EvalConfig
@@ -88,14 +89,39 @@ class SampleBatch:
         return {"id": ids, "x": x.reshape(len(ids), -1)}
 
 
+def pool(config: EvalConfig, cluster: dict) -> tuple[int, dict]:
+    """(size, per-actor resources) of the sampling actor pool: one actor per GPU (Ray Data
+    adds 1 CPU to each), or one actor of `eval.cpus` CPUs on a CPU-only cluster."""
+    gpus = int(cluster.get("GPU", 0))
+    return (gpus, {"num_gpus": 1}) if gpus else (1, {"num_cpus": config.cpus})
+
+
+def resources(config: EvalConfig, cluster: dict) -> dict:
+    """The most the evaluate stage holds at once: the sampling pool, then the metrics task."""
+    size, res = pool(config, cluster)
+    gpu = 1 if cluster.get("GPU", 0) >= 1 else 0
+    return {
+        "CPU": max(size * res.get("num_cpus", 1), config.cpus),
+        "GPU": max(size * res.get("num_gpus", 0), gpu),
+    }
+
+
 def generate_with_ray(checkpoint: Where, config: EvalConfig, name: str = "generate") -> np.ndarray:
     """`config.num_samples` samples through Ray Data, ordered by sample id."""
     import ray
+    from ray.data import ExecutionResources
 
-    gpus = ray.cluster_resources().get("GPU", 0)
-    res = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": 1}
-    # Ids from the object store (no read tasks that would compete for CPUs with the actors).
-    ds = ray.data.from_numpy(np.arange(config.num_samples)).map_batches(
+    from sfbd.stages.blocks import dataset_from_tables
+
+    size, res = pool(config, ray.cluster_resources())
+    # Ids from the object store, one block per batch (no read or metadata tasks that would
+    # compete for CPUs with the actors).
+    ids = np.arange(config.num_samples)
+    blocks = [
+        pa.table({"data": ids[s : s + config.batch_size]})
+        for s in range(0, len(ids), config.batch_size)
+    ]
+    ds = dataset_from_tables(blocks).map_batches(
         SampleBatch,
         fn_constructor_kwargs=dict(
             checkpoint=str(checkpoint),
@@ -106,8 +132,12 @@ def generate_with_ray(checkpoint: Where, config: EvalConfig, name: str = "genera
         ),
         batch_size=config.batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=max(1, int(gpus))),
+        compute=ray.data.ActorPoolStrategy(size=size),
         **res,
+    )
+    # Ray Data sizes its budget to the whole cluster; a sweep's other trials share it.
+    ds.context.execution_options.resource_limits = ExecutionResources(
+        cpu=size * res.get("num_cpus", 1), gpu=size * res.get("num_gpus", 0)
     )
     ds.set_name(name)
     rows = ds.take_all()
@@ -259,7 +289,7 @@ def evaluate_on_ray(
 
     samples = generate_with_ray(checkpoint, config, name=name.replace("evaluate", "generate", 1))
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    task = ray.remote(compute_metrics).options(num_cpus=1, num_gpus=gpus, name=name)
+    task = ray.remote(compute_metrics).options(num_cpus=config.cpus, num_gpus=gpus, name=name)
     return ray.get(
         task.remote(
             str(run),

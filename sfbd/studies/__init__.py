@@ -1,1 +1,1 @@
-"""Studies of the method and the system: benchmark, NFE study, experiment table."""
+"""Studies of the method and the system: benchmark, NFE study, experiment table, sweep timing."""

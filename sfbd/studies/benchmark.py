@@ -7,10 +7,11 @@ the plain loops run as Ray tasks only so that they land on such a process.
 
 (a) Backward denoising. N noisy observations y = x + tau * eps are written as Parquet with
 the project's store, and a denoiser of the preset (fresh weights) as a checkpoint.
-- Ray Data: the stage itself, `run_denoise` (read_parquet -> map_batches(DenoiseBatch,
-  ActorPoolStrategy of one actor) -> write_parquet -> id check -> publish), given as its
-  `batch_class` a subclass of `DenoiseBatch` that only records when each call starts and ends
-  and how many network evaluations it made (the same `__init__` and `__call__` run).
+- Ray Data: the stage itself, `run_denoise` (shards read into the object store -> from_arrow ->
+  map_batches(DenoiseBatch, ActorPoolStrategy of one actor) -> write_parquet -> id check ->
+  publish), given as its `batch_class` a subclass of `DenoiseBatch` that only records when
+  each call starts and ends and how many network evaluations it made (the same `__init__`
+  and `__call__` run).
 - Plain: the same Parquet rows read into memory beforehand, the same checkpoint file loaded
   onto the device, `backward_denoise` called under the same autocast on batches of the same
   size, each result copied back to host memory (optionally with `torch.compile`).
@@ -18,10 +19,11 @@ the project's store, and a denoiser of the preset (fresh weights) as a checkpoin
   rate is the images of batches 2..n over the time from the end of batch 1 to the end of
   batch n. Ray start-up, process and actor start-up, checkpoint loading, the first CUDA
   calls and compilation, and the whole first batch fall outside that window; everything the
-  Ray pipeline does for batches 2..n (reading, batching, Arrow conversion, scheduling,
-  writing, waits for input) falls inside it. The stage's wall time including its start-up
-  is reported beside it, and `busy`, the share of the window spent inside the calls (for
-  Ray, the rest is time the actor waited between batches). Network evaluations are counted
+  Ray pipeline does for batches 2..n (batching, Arrow conversion, scheduling, writing, waits
+  for input) falls inside it; on both paths the shards are read before the first batch. The
+  stage's wall time including its start-up is reported beside it, and `busy`, the share of
+  the window spent inside the calls (for Ray, the rest is time the actor waited between
+  batches). Network evaluations are counted
   by `CountingDenoiser` (the Heun ODE with n levels makes 2n - 1 per image).
 (b) Training. Ray Train: a `TorchTrainer` with one worker running the project's
   `train_loop_per_worker` for T steps; its rate is the loop's reported `images_per_s`
