@@ -20,11 +20,27 @@ COMMANDS = {
     "nfe-study": "nfe_study",
     "experiment": "experiment",
     "train-classifier": "train_classifier",
+    "config": "config_cmd",
 }
 
 
 def command(name: str):
     return importlib.import_module(f"sfbd.cli.{COMMANDS[name]}")
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    from sfbd import __version__
+
+    parts = []
+    for dist in ("ray", "torch"):
+        try:
+            parts.append(f"{dist} {installed(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist} not installed")
+    return f"sfbd {__version__} ({', '.join(parts)})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         description="Stochastic Forward-Backward Deconvolution (Lu, Wu & Yu, ICML 2025) on Ray.",
     )
+    parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = command(name)

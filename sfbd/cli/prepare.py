@@ -18,15 +18,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     d = DataConfig()
     p.add_argument("--dataset", default=d.dataset, help=f"one of: {', '.join(DATASETS)}")
-    p.add_argument("--clean-fraction", type=float, default=d.clean_fraction)
+    p.add_argument(
+        "--clean-fraction",
+        type=float,
+        default=d.clean_fraction,
+        help="share of items kept clean; the rest is observed with noise (default %(default)s)",
+    )
     p.add_argument("--tau", type=float, default=d.tau, help="observation noise, pixels in [-1, 1]")
     p.add_argument("--sigma", action=Renamed, new="--tau")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the split and the noise")
     p.add_argument("--out", default="data/prepared", help="a path or a URI")
     p.add_argument("--root", default=None, help="torchvision root (download or local copy)")
     p.add_argument("--limit", type=int, default=None, help="keep the first N items")
     p.add_argument("--num", type=int, default=d.num, help="number of toy2d items")
-    p.add_argument("--shard-size", type=int, default=d.shard_size)
+    p.add_argument("--shard-size", type=int, default=d.shard_size, help="items per Parquet file")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -17,7 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the .npz file to write")
     p.add_argument("--steps", type=int, default=18, help="noise levels of the sampler")
     p.add_argument("--seed", type=int, default=0, help="sample i uses (seed, i)")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument(
+        "--batch-size", type=int, default=500, help="samples per forward pass (no effect on them)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:

@@ -28,13 +28,14 @@ def nearest_neighbours(
     samples: np.ndarray, train: np.ndarray, chunk: int = 1024
 ) -> NearestNeighbours:
     """Exact nearest neighbours by brute force, in chunks of training items."""
-    a = torch.from_numpy(np.asarray(samples, np.float32).reshape(len(samples), -1))
+    # Copies: the inputs may be read-only views of Arrow buffers, which torch warns about.
+    a = torch.from_numpy(np.array(samples, np.float32).reshape(len(samples), -1))
     dim = a.shape[1]
     best = torch.full((len(a),), float("inf"))
     arg = torch.zeros(len(a), dtype=torch.int64)
     flat = np.asarray(train, np.float32).reshape(len(train), -1)
     for start in range(0, len(flat), chunk):
-        b = torch.from_numpy(flat[start : start + chunk])
+        b = torch.from_numpy(np.array(flat[start : start + chunk]))
         d, i = torch.cdist(a, b).min(dim=1)
         better = d < best
         best[better], arg[better] = d[better], i[better] + start

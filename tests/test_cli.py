@@ -1,0 +1,61 @@
+"""The console script's surface: every option explains itself, `--version`, and
+`sfbd config show` (no Ray)."""
+
+import argparse
+
+import pytest
+import yaml
+
+from sfbd.cli import COMMANDS, build_parser, main
+from sfbd.cli.config_cmd import meanings
+from sfbd.config import SFBDConfig, load_config
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_every_option_of_every_command_has_help():
+    subs = _subparsers(build_parser())
+    assert sorted(subs) == sorted(COMMANDS)
+    missing = [
+        f"sfbd {name} {a.option_strings or a.dest}"
+        for name, p in subs.items()
+        for a in p._actions
+        if not isinstance(a, argparse._HelpAction)
+        and a.help != argparse.SUPPRESS  # renamed flags, refused with their new name
+        and not (a.help or "").strip()
+    ]
+    assert not missing, missing
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("sfbd 0.") and "ray 2." in out and "torch 2." in out
+
+
+def test_config_show_prints_the_resolved_preset_with_meanings(capsys):
+    assert main(["config", "show", "toy2d", "--set", "iterations=2"]) == 0
+    out = capsys.readouterr().out
+    # The output is the resolved config as YAML (comments are the meanings) ...
+    shown = yaml.safe_load(out)
+    assert shown == load_config("toy2d", ["iterations=2"]).to_dict()
+    # ... with every key's meaning from the configuration reference.
+    about = meanings()
+    for section, value in SFBDConfig().to_dict().items():
+        keys = [f"{section}.{k}" for k in value] if isinstance(value, dict) else [section]
+        for key in keys:
+            assert key in about, key
+    assert "# the observation noise" in out
+    assert main(["config", "list"]) == 0
+    assert "toy2d" in capsys.readouterr().out.split()
+
+
+def test_config_show_of_an_unknown_name_is_one_line(capsys):
+    assert main(["config", "show", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: config:") and "nope" in err[0]
