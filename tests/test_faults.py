@@ -241,16 +241,22 @@ def test_killed_orchestrator_then_killed_driver_resume_with_nothing_lost_or_dupl
     # 1. The orchestrator dies in refit_001: the driver says which stage, exit 1.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for(lambda: in_refit_with_checkpoint(1), 400, "refit_001 with a checkpoint", 0.5)
-        # Meanwhile the metrics agent exports the run's stage and its denoised images.
-        stage = _wait_for(lambda: _scrape("ray_sfbd_stage{"), 60, "exported stage metric")
+        # While refit_001 runs, the metrics agent exports the run's stage (1.0 for the running
+        # one) and its denoised images; read before the checkpoint, so that the kill follows
+        # the checkpoint at once and lands inside the refit however fast it trains.
+        def refit_exported():
+            if RunDir(run).read_state().get("current") != "refit_001":
+                return None
+            running = [line for line in _scrape("ray_sfbd_stage{") if 'stage="refit_001"' in line]
+            return running if running and running[0].endswith(" 1.0") else None
+
+        _wait_for(refit_exported, 400, "refit_001 running in the exported stage metric", 0.5)
         denoised = _wait_for(
             lambda: _scrape("ray_sfbd_images_denoised_total{"), 60, "images denoised metric"
         )
-        running = [line for line in stage if 'stage="refit_001"' in line]
-        assert running and running[0].endswith(" 1.0"), stage
         assert sum(float(line.rsplit(" ", 1)[1]) for line in denoised) >= 9800
         orch = _alive_actors("Orchestrator", t_start)[0]
+        _wait_for(lambda: in_refit_with_checkpoint(1), 400, "refit_001 with a checkpoint", 0.2)
         os.kill(orch["Pid"], signal.SIGKILL)
         output, _ = proc.communicate(timeout=120)
     finally:
