@@ -14,6 +14,11 @@ def add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
         required=required,
         help=f"a preset ({', '.join(preset_names())}) or a YAML file",
     )
+    add_set(p)
+
+
+def add_set(p: argparse.ArgumentParser) -> None:
+    """Repeatable `--set key=value` config overrides."""
     p.add_argument(
         "--set",
         action="append",

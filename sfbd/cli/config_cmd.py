@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from sfbd.cli.common import add_set
+
 # The meaning of each key is the configuration reference's table (checked against the
 # dataclasses by tests/test_docs.py), read from the source tree when it is there.
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -22,13 +24,7 @@ REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["show", "list"], help="show one config; list the presets")
     p.add_argument("name", nargs="?", help="for show: a preset name or a YAML file")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.lr=2e-4 (repeatable)",
-    )
+    add_set(p)
 
 
 def meanings() -> dict[str, str]:
