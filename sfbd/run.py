@@ -30,6 +30,10 @@ class StageFailed(RuntimeError):
         super().__init__(f"stage {stage} failed: {reason}")
         self.stage, self.reason = stage, reason
 
+    def line(self) -> str:
+        """What the user reads: one line, with how to resume."""
+        return f"error: {self} (rerun the same command to resume)"
+
 
 def log(msg: str) -> None:
     print(f"[sfbd] {msg}", flush=True)
@@ -149,11 +153,7 @@ def watch_cluster(run: RunDir, lease) -> ClusterWatch:
 
     def lost(reason: str) -> None:
         stage = run.read_state().get("current")
-        print(
-            f"error: {StageFailed(stage, reason)} (rerun the same command to resume)",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(StageFailed(stage, reason).line(), file=sys.stderr, flush=True)
         lease.release()
         os._exit(1)  # Ray's client would otherwise hang in its reconnect loop
 

@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args._main(args)
     except StageFailed as exc:
-        print(f"error: {exc} (rerun the same command to resume)", file=sys.stderr)
+        print(exc.line(), file=sys.stderr)
         return 1
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
