@@ -41,6 +41,7 @@ class ClusterWatch:
         self.addresses, self.on_lost = addresses, on_lost
         self.grace_s, self.period_s = grace_s, period_s
         self._stop = threading.Event()
+        self._claim_lock, self._claimed = threading.Lock(), False
         self._thread = threading.Thread(target=self._loop, name="sfbd-cluster-watch", daemon=True)
 
     def start(self) -> ClusterWatch:
@@ -50,6 +51,24 @@ class ClusterWatch:
 
     def stop(self) -> None:
         self._stop.set()
+        if not self._claim() and self._thread.is_alive():
+            self._thread.join()  # `on_lost` is running; it ends the process
+
+    def _claim(self) -> bool:
+        """True for the one caller that may report the loss (thread or `check_now`)."""
+        with self._claim_lock:
+            first, self._claimed = not self._claimed, True
+            return first
+
+    def check_now(self, timeout_s: float = 2.0) -> None:
+        """Probe once, now, and call `on_lost` if a probed address does not answer. For a
+        Ray error in the driver: an actor call can fail on a lost raylet ("actor is
+        unavailable") before the thread's grace period has passed."""
+        for name, address in self.addresses.items():
+            if not _reachable(address, timeout=timeout_s):
+                if self._claim():
+                    self.on_lost(f"lost the Ray cluster: its {name} at {address} does not answer")
+                return
 
     def _loop(self) -> None:
         down_since: dict[str, float] = {}
@@ -60,7 +79,7 @@ class ClusterWatch:
                     down_since.pop(name, None)
                     continue
                 since = down_since.setdefault(name, now)
-                if now - since >= self.grace_s and not self._stop.is_set():
+                if now - since >= self.grace_s and not self._stop.is_set() and self._claim():
                     self.on_lost(
                         f"lost the Ray cluster: its {name} at {address} has not answered "
                         f"for {now - since:.0f} s"

@@ -219,6 +219,7 @@ def fit(
                     summary = ray.get(ref)
                     break
         except ray.exceptions.RayError as exc:
+            watch.check_now()  # a lost cluster ends the process here, in the watch's words
             lines = [line for line in str(exc).splitlines() if line.strip()]
             reason = lines[-1] if lines else repr(exc)
             raise StageFailed(run.read_state().get("current"), reason) from exc

@@ -106,3 +106,31 @@ def test_a_lost_head_ends_the_driver_in_one_line_and_the_rerun_completes(ray_clu
     ids, _ = read_denoised(run / "denoised" / "iter_001", (2,))
     assert len(ids) == len(noisy_ids) == state["completed"]["denoise_001"]["count"]
     assert np.array_equal(np.sort(ids), np.sort(noisy_ids))
+
+
+def test_a_ray_error_on_a_lost_cluster_is_reported_once_as_the_lost_cluster():
+    """The driver's Ray call can fail ("actor is unavailable") before the watch's grace period
+    ends; `check_now` then reports the loss, and the watch thread does not report it again."""
+    import socket
+
+    from sfbd.clusterwatch import ClusterWatch
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    with socket.socket() as live:
+        live.bind(("127.0.0.1", 0))
+        live.listen()
+        alive = f"127.0.0.1:{live.getsockname()[1]}"
+        reports = []
+        ok = ClusterWatch({"GCS": alive}, reports.append)
+        ok.check_now()
+        assert reports == []
+        watch = ClusterWatch(
+            {"GCS": alive, "raylet": dead}, reports.append, grace_s=0.2, period_s=0.1
+        )
+        watch.start()
+        watch.check_now()
+        time.sleep(0.6)  # the thread would have reported by now
+        watch.stop()
+    assert reports == [f"lost the Ray cluster: its raylet at {dead} does not answer"]
