@@ -193,6 +193,11 @@ def _coerce(key: str, value, tp):
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "2e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float, str, bool):
         if type(value) is not tp:
             raise ValueError(f"config: {key} = {value!r}; expected {tp.__name__}")

@@ -48,7 +48,8 @@ def save_scatter(
         hist, _, _ = np.histogram2d(
             pts[:, 1], pts[:, 0], bins=size, range=[[-extent, extent], [-extent, extent]]
         )
-        img = 255 - np.clip(hist / max(np.percentile(hist[hist > 0], 99), 1) * 255, 0, 255)
+        top = np.percentile(hist[hist > 0], 99) if hist.any() else 1.0  # none in range
+        img = 255 - np.clip(hist / max(top, 1) * 255, 0, 255)
         panels.append(np.flipud(img).astype(np.uint8))
         panels.append(np.full((size, 4), 128, np.uint8))
     _save(np.concatenate(panels[:-1], axis=1)[..., None], path)
@@ -92,44 +93,6 @@ def save_metric_plot(rows: list[dict], metric: str, path: Where, size=(480, 320)
         draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=(200, 30, 30))
     draw.text((left, 8), f"{metric} by iteration", fill="black")
     draw.text((w // 2 - 20, h - 16), "iteration", fill="black")
-    _write_png(img, path)
-
-
-def save_heatmap(rows: list[dict], path: Where, cell: int = 90) -> None:
-    """Final metric over (clean_fraction rows x tau columns), darker = lower (better)."""
-    from PIL import ImageDraw
-
-    fracs = sorted({r["clean_fraction"] for r in rows})
-    taus = sorted({r["tau"] for r in rows})
-    values = {(r["clean_fraction"], r["tau"]): r["final_metric"] for r in rows}
-    name = rows[0]["metric_name"] if rows else "metric"
-    left, top = 90, 40
-    img = Image.new(
-        "RGB",
-        (left + cell * max(len(taus), 1) + 10, top + cell * max(len(fracs), 1) + 30),
-        "white",
-    )
-    draw = ImageDraw.Draw(img)
-    lo, hi = (min(values.values()), max(values.values())) if values else (0.0, 1.0)
-    for i, f in enumerate(fracs):
-        draw.text((4, top + i * cell + cell // 2 - 6), f"clean {f:g}", fill="black")
-        for j, s in enumerate(taus):
-            box = [
-                left + j * cell,
-                top + i * cell,
-                left + (j + 1) * cell - 2,
-                top + (i + 1) * cell - 2,
-            ]
-            v = values.get((f, s))
-            if v is None:
-                draw.rectangle(box, outline="gray")
-                continue
-            shade = int(60 + 180 * ((v - lo) / (hi - lo) if hi > lo else 0.5))
-            draw.rectangle(box, fill=(shade, shade, 255))
-            draw.text((box[0] + 8, box[1] + cell // 2 - 6), f"{v:.4g}", fill="black")
-    for j, s in enumerate(taus):
-        draw.text((left + j * cell + 8, top + len(fracs) * cell + 8), f"tau {s:g}", fill="black")
-    draw.text((4, 8), f"final {name} (lower is better)", fill="black")
     _write_png(img, path)
 
 

@@ -47,3 +47,10 @@ def test_a_config_object_and_overrides_are_accepted_by_the_api(tmp_path):
     assert str(run) == str(tmp_path / "r")
     with pytest.raises(ValueError, match="baselines: unknown"):
         resolve(config, [], tmp_path / "r", baselines=["nope"])
+
+
+def test_exponent_without_a_dot_is_a_float_and_a_word_is_refused():
+    # YAML 1.1 reads 2e-4 as a string; the example in `--set`'s help must still work.
+    assert load_config("toy2d", ["train.lr=2e-4"]).train.lr == 2e-4
+    with pytest.raises(ValueError, match="train.lr = 'fast'; expected float"):
+        load_config("toy2d", ["train.lr=fast"])

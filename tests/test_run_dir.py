@@ -78,3 +78,14 @@ def test_run_dir_names_every_file(tmp_path):
     run.append_metrics({"iteration": 1, "metric": "swd", "swd": 0.5})
     assert [r["iteration"] for r in run.read_metrics()] == [0, 1]
     assert run.metrics_row(1)["swd"] == 0.5 and run.metrics_row(2) is None
+
+
+def test_point_plot_with_no_point_in_range_is_still_written(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from sfbd.viz import save_scatter
+
+    far = np.full((10, 2), 50.0)  # a diverged model: every sample off the plot
+    save_scatter({"samples": far, "true": np.zeros((10, 2))}, tmp_path / "p.png", size=32)
+    assert Image.open(tmp_path / "p.png").size == (32 * 2 + 4, 32)
