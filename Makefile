@@ -8,10 +8,12 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .PHONY: run test lint clean fashion-mnist
 
-$(STAMP): pyproject.toml
+# The tested versions (requirements.lock) as constraints on pyproject.toml's ranges: the same
+# set on every machine, and a no-op apart from the editable build when .venv already has it.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c requirements.lock --upgrade pip
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
 # Debian's Fashion-MNIST (the default data); without it torchvision tries a download.

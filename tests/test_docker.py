@@ -23,9 +23,11 @@ SHELL_OPS = set("();<>|&")
 
 
 def _pin(name: str) -> str:
-    pins = [d for d in PROJECT["dependencies"] if re.match(rf"{name}(\[|==)", d)]
-    assert len(pins) == 1 and "==" in pins[0], f"pyproject.toml: no exact pin for {name}"
-    return pins[0].split("==")[1]
+    """The tested version of `name`: pyproject.toml has ranges, requirements.lock the set."""
+    lock = (ROOT / "requirements.lock").read_text().splitlines()
+    pins = [ln for ln in lock if re.match(rf"{name}==", ln)]
+    assert len(pins) == 1, f"requirements.lock: no exact pin for {name}"
+    return pins[0].split("==")[1].strip()
 
 
 RAY_VERSION = _pin("ray")
@@ -199,7 +201,9 @@ def test_dockerfile_installs_the_project_with_the_pins_of_pyproject(tmp_path):
     assert PROJECT["readme"] in copied, "the build reads the readme named in pyproject.toml"
 
     runs = " && ".join(a for i, a in _instructions() if i == "RUN")
-    assert "==" not in runs, "versions come from pyproject.toml, not from the Dockerfile"
+    assert "==" not in runs, "versions come from requirements.lock, not from the Dockerfile"
+    assert "requirements.lock" in copied
+    assert re.search(r"pip install .*-c requirements\.lock .*-r ", runs), "lock not used"
     assert re.search(r"pip install (--\S+ )*\.(\s|$)", runs), "Dockerfile does not install ."
     if not re.search(r"pip install (--no-cache-dir )?\.(\s|$)", runs):
         # `--no-deps .`: the dependencies must come from a requirements file made from

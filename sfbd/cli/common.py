@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 
 
-def add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """`--config` (a preset or a YAML file) and repeatable `--set key=value`."""
+def add_config(
+    p: argparse.ArgumentParser, required: bool = True, default: str | None = None
+) -> None:
+    """`--config` (a preset or a YAML file) and repeatable `--set key=value`. When not
+    `required`, `default` says in words what an absent `--config` means (the value is None)."""
     from sfbd.config import preset_names
 
+    what = f"a preset ({', '.join(preset_names())}) or a YAML file"
     p.add_argument(
         "--config",
         required=required,
-        help=f"a preset ({', '.join(preset_names())}) or a YAML file",
+        help=f"{what}; default: {default}" if default else what,
     )
     add_set(p)
 

@@ -4,6 +4,7 @@ denoise -> refit -> evaluate, driven by a Ray actor that resumes an interrupted 
     sfbd run --config toy2d
     sfbd run --config fashion-mnist-cpu --run-dir runs/fm --set iterations=2
     ray job submit --working-dir . -- python jobs/sfbd.py --config fashion-mnist-gpu
+    ray job submit --working-dir . -- python jobs/sfbd.py     (GPU preset if the cluster has GPUs)
 """
 
 from __future__ import annotations
@@ -12,10 +13,15 @@ import argparse
 import json
 
 from sfbd.cli.common import add_address, add_config
+from sfbd.defaults import CPU_PRESET, GPU_PRESET
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_config(p)
+    add_config(
+        p,
+        required=False,
+        default=f"{GPU_PRESET} when the Ray cluster has GPUs, else {CPU_PRESET}",
+    )
     p.add_argument(
         "--data",
         default=None,
@@ -24,7 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--run-dir",
         default=None,
-        help="a path or a URI such as s3://bucket/runs/x; default: runs/<config name>",
+        help="a path or a URI such as s3://bucket/runs/x; default: $SFBD_STORAGE/<config "
+        "name> when SFBD_STORAGE is set, else runs/<config name> (in a Ray job's temporary "
+        "working directory: ~/sfbd/runs/<config name>)",
     )
     add_address(p)
     p.add_argument(
