@@ -12,6 +12,7 @@ import ray
 
 from sfbd.data.store import read_manifest
 from sfbd.plan import Stage, plan
+from sfbd.progress import duration, run_left, stage_seconds
 from sfbd.rundir import RunDir
 from sfbd.runfiles import checkpoint_complete, is_complete
 from sfbd.stages.refit import TrainJob, TrainSet
@@ -19,16 +20,31 @@ from sfbd.storage import Location, Where
 from sfbd.telemetry import RunMetrics
 
 
+def quiet_ray_data_progress(interactive: bool) -> None:
+    """Ray Data's progress bars only in a terminal. In a log (`ray job logs`, a file, a Tune
+    trial) bars become carriage-return updates, and Ray Data's plain-text fallback is a block
+    of lines per dataset every 10 s; the stages' own one-line progress stands in for both.
+    Ray Data's notes about which progress display it chose are left out either way."""
+    import logging
+
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = interactive
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
 class Orchestrator:
     """Runs the SFBD loop for one run directory. Create it as a Ray actor (see `start`)."""
 
-    def __init__(self, run_dir: str, data_dir: str):
+    def __init__(self, run_dir: str, data_dir: str, interactive: bool = False):
+        quiet_ray_data_progress(interactive)
         self.run = RunDir(run_dir)
         self.data_dir = Location.of(data_dir)
         self.config = self.run.read_config()
         self.item_shape = tuple(read_manifest(self.data_dir)["item_shape"])
         self.state = self.run.read_state()
         self.metrics = RunMetrics(self.run.name)
+        self.events = None  # the orchestrator's TensorBoard event file, opened when first used
 
     def _log(self, msg: str) -> None:
         print(f"[sfbd {time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -51,6 +67,9 @@ class Orchestrator:
 
         c, k = self.config, stage.iteration
         w = c.train.clean_weight
+        # The events' step: images trained in the run before this stage (refits continue the
+        # pretraining's curve).
+        before = 0 if k == 0 else c.train.pretrain_kimg + (k - 1) * c.train.refit_kimg
         sets = [TrainSet(path=str(self.data_dir / "clean"), weight=w)]
         if k > 0 and w != 1:
             sets.append(
@@ -67,6 +86,8 @@ class Orchestrator:
             storage=str(self.run.train),
             init_checkpoint=str(self.run.checkpoint(k - 1)) if k > 0 else None,
             metric_tags={"run": self.run.name, "stage": stage.key},
+            tensorboard=str(self.run.tensorboard),
+            images_before=round(before * 1000),
         )
         return run_train(job, self.run.checkpoint(k), log=self._log, iteration=k)
 
@@ -106,6 +127,7 @@ class Orchestrator:
             self.config.eval,
             self.run.denoised(k) if k > 0 else None,
             name=stage.key,
+            log=self._log,
         )
         row = {"iteration": k, **record}
         if k == 0:
@@ -118,11 +140,24 @@ class Orchestrator:
             row["seconds"] = {"denoise": denoise["seconds"], "refit": refit["seconds"]}
             row["denoised"] = {"count": denoise["count"], **denoise["stats"]}
         self.run.append_metrics(row)
+        self._write_events(row)
         metric = row["metric"]
         self.metrics.evaluated(metric, row[metric])
         save_metric_plot(self.run.read_metrics(), metric, self.run.metrics_plot)
         self._log(f"evaluate {k:03d}: {metric} = {row[metric]:.4f}")
         return {"metric": metric, metric: row[metric]}
+
+    def _write_events(self, row: dict) -> None:
+        """A metrics.jsonl row and its pictures as TensorBoard events (step = iteration)."""
+        from sfbd.tensorboard_events import EventLog
+
+        if self.events is None:
+            self.events = EventLog(self.run.tensorboard, "orchestrator")
+        k = row["iteration"]
+        self.events.scalars({n: v for n, v in row.items() if n != "iteration"}, k, "eval")
+        for what in ("samples", "denoised", "closest", "points"):
+            self.events.image_file(f"grids/{what}", self.run.grid(self.run.grid_prefix(k), what), k)
+        self.events.flush()
 
     def _run_stage(self, stage: Stage) -> dict:
         if stage.trains:
@@ -136,6 +171,16 @@ class Orchestrator:
     def run(self) -> dict:
         """Run every unfinished stage in order; return the state and the metrics."""
         stages = plan(self.config.iterations)
+        t_run = time.time()
+
+        def where(i: int, now: Stage | None = None) -> str:
+            """This run's elapsed time and the estimate for `now` and the stages after i."""
+            done = self.state["completed"]
+            left = [s.kind for s in stages[i + 1 :] if s.key not in done]
+            left += [now.kind] if now is not None else []
+            estimate = run_left(stage_seconds(done), left)
+            return f"run {duration(time.time() - t_run)} elapsed, {estimate}"
+
         for i, stage in enumerate(stages):
             if stage.key in self.state["completed"] and self._output_exists(stage):
                 continue
@@ -149,7 +194,7 @@ class Orchestrator:
                     "recovered": True,
                 }
             else:
-                self._log(f"stage {i + 1}/{len(stages)}: {stage}")
+                self._log(f"stage {i + 1}/{len(stages)}: {stage}; {where(i, stage)}")
                 self.state["current"] = stage.key
                 self.run.write_state(self.state)
                 self.metrics.stage_started(stage, i)
@@ -164,8 +209,14 @@ class Orchestrator:
                     "finished": t1,
                 }
                 self.state["current"] = None
+                self._log(
+                    f"stage {i + 1}/{len(stages)}: {stage} done in {duration(t1 - t0)}; {where(i)}"
+                )
             self.run.write_state(self.state)
         self.metrics.finished(len(stages))
+        if self.events is not None:
+            self.events.close()
+            self.events = None
         if not self.state.get("finished"):
             self.state["finished"] = True
             self.run.write_state(self.state)
@@ -183,7 +234,10 @@ class Orchestrator:
 
 def start(run_dir: Where, data_dir: Where):
     """The orchestrator actor for a run directory: named, reserving no CPU, and never inside
-    the caller's placement group (a Tune trial's), so its stages get the cluster's resources."""
+    the caller's placement group (a Tune trial's), so its stages get the cluster's resources.
+    Ray Data draws progress bars only when this process writes to a terminal."""
+    import sys
+
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     name = f"sfbd-orchestrator:{RunDir(run_dir)}"
@@ -192,4 +246,4 @@ def start(run_dir: Where, data_dir: Where):
         name=name,
         namespace="sfbd",
         scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
-    ).remote(str(run_dir), str(data_dir))
+    ).remote(str(run_dir), str(data_dir), sys.stdout.isatty())

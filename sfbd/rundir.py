@@ -12,6 +12,7 @@
     experiment/<row>.json      `sfbd experiment`'s extra distances of each row
     train/<stage>/             Ray Train storage: per stage its checkpoints (resume points)
     cache/                     reference statistics of feature distances
+    tensorboard/               TensorBoard event files: train loss and rate, metrics, grids
 
 Any `Location` works: a local path or a URI (`s3://...`, `file://...`).
 """
@@ -82,6 +83,12 @@ class RunDir:
     @property
     def cache(self) -> Location:
         return self.root / "cache"
+
+    @property
+    def tensorboard(self) -> Location:
+        """TensorBoard event files (`sfbd.tensorboard_events`), what `tensorboard --logdir RUN`
+        shows."""
+        return self.root / "tensorboard"
 
     def checkpoint(self, iteration: int) -> Location:
         """The EMA denoiser after pretraining (0) or after SFBD iteration k."""

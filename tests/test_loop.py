@@ -2,6 +2,7 @@
 resume after a killed driver, and bad configurations."""
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from sfbd.cli import main
 from sfbd.data.store import read_split
 from sfbd.rundir import RunDir
+from sfbd.tensorboard_events import image_tags, read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +66,7 @@ def tiny_images(tmp_path):
     return path
 
 
-def test_tiny_image_run_with_two_ddp_workers(ray_cluster, tmp_path, tiny_images):
+def test_tiny_image_run(ray_cluster, tmp_path, tiny_images, capfd):
     data = tmp_path / "data"
     assert (
         main(
@@ -92,7 +94,8 @@ def test_tiny_image_run_with_two_ddp_workers(ray_cluster, tmp_path, tiny_images)
     sets = [
         "iterations=1",
         "network.preset=tiny",
-        "train.num_workers=2",
+        # Ray Train's local mode; DDP across workers: test_multinode.py
+        "train.num_workers=0",
         "train.threads=1",
         "denoise.threads=1",
         "eval.threads=1",
@@ -142,6 +145,29 @@ def test_tiny_image_run_with_two_ddp_workers(ray_cluster, tmp_path, tiny_images)
     assert all(r["fd"] >= 0 for r in rows)
     assert set(rows[1]["memorization"]) == {"threshold", "clean", "denoised"}
     assert (run / "metrics.png").is_file() and (run / "grids" / "iter_001_closest.png").is_file()
+
+    # TensorBoard: the train loss on one axis across stages (images trained in the run:
+    # pretraining 640, then the refit's 320 after it), every metric per iteration, the grids.
+    tb = RunDir(run).tensorboard
+    scalars, images = read_scalars(tb), image_tags(tb)
+    assert [step for step, _ in scalars["train/loss"]] == [640, 960]
+    assert scalars["train/loss"][-1][1] == pytest.approx(rows[1]["train_loss"], rel=1e-5)
+    assert [step for step, _ in scalars["train/images_per_s"]] == [640, 960]
+    assert scalars["eval/fd"] == [(k, pytest.approx(rows[k]["fd"], rel=1e-5)) for k in (0, 1)]
+    assert [s for s, _ in scalars["eval/memorization/denoised/fraction_copies"]] == [1]
+    assert scalars["eval/denoised/count"] == [(1, 360.0)]
+    assert images == {"grids/samples": [0, 1], "grids/closest": [0, 1], "grids/denoised": [1]}
+
+    # A clean log: progress with the run's time left, no deprecation or missing-tqdm notes.
+    out = capfd.readouterr()
+    log = out.out + out.err
+    assert "RayDeprecationWarning" not in log and "tqdm is not installed" not in log
+    assert "non-writable" not in log and "not writable" not in log
+    assert "stage 2/5: evaluate_000; run " in log
+    assert "stage 1/5: pretrain; run 0s elapsed, time left unknown (no " in log
+    assert re.search(r"stage 3/5: denoise_001; run \S+ elapsed, time left unknown", log)
+    assert re.search(r"stage 4/5: refit_001 done in \S+; run \S+ elapsed, about \S+ left", log)
+    assert re.search(r"pretrain: 0\.6/0\.6 kimg \(100%\), loss [0-9.]+, \d+ images/s", log)
 
     out = tmp_path / "s.npz"
     assert (

@@ -37,7 +37,8 @@ def extract_features(
     """Features of float images `[N, C, H, W]` in [-1, 1], batch by batch."""
     out = []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        # A copy: `images` may be a read-only view (object store, Arrow), which torch warns about.
+        x = torch.from_numpy(np.array(images[start : start + batch_size]))
         out.append(fn(x.to(device).float()).reshape(len(x), -1).double().cpu().numpy())
     return np.concatenate(out)
 

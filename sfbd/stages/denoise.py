@@ -4,7 +4,8 @@ Reads the noisy Parquet shards (in the calling process, one block per shard, han
 Data through the object store by `sfbd.stages.blocks`), runs `backward_denoise` as a batched
 `map_batches` over an actor pool whose actors load the current EMA weights once, writes
 Parquet keyed by id, then checks that exactly the ids that went in came out, each once,
-before the output is published.
+before the output is published. While it runs, a line every 10 s tells the items written so
+far, the rate and the time left.
 
 What the stage holds at once (`resources`) is the actor pool plus one writing task: there are
 no read tasks (Ray 2.60's `read_parquet` also starts a listing task of a whole CPU per file,
@@ -28,6 +29,7 @@ from ray.data import ExecutionResources
 from sfbd.config import DenoiseConfig
 from sfbd.data.store import items_table, read_manifest, shard_paths, table_items
 from sfbd.diffusion.samplers import backward_denoise, network_evaluations
+from sfbd.progress import Ticker
 from sfbd.runfiles import (
     Where,
     is_complete,
@@ -119,6 +121,26 @@ class DenoiseResult:
     stats: dict
 
 
+class RowCounter:
+    """Rows in the Parquet files written so far to a folder (for progress lines); each
+    file's footer is read once, files still being written are counted later."""
+
+    def __init__(self, directory: Location):
+        self.directory, self.rows = directory, {}
+
+    def __call__(self) -> int:
+        import pyarrow.parquet as pq
+
+        for f in self.directory.children(".parquet"):
+            if f.name not in self.rows:
+                try:
+                    with f.fs.open_input_file(f.path) as handle:
+                        self.rows[f.name] = pq.ParquetFile(handle).metadata.num_rows
+                except (OSError, pa.ArrowInvalid):
+                    pass
+        return sum(self.rows.values())
+
+
 def _ids_digest(ids: np.ndarray) -> str:
     return hashlib.sha256(np.sort(ids).astype(np.int64).tobytes()).hexdigest()
 
@@ -176,8 +198,7 @@ def run_denoise(
         batch_size=config.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=size),
-        scheduling_strategy="SPREAD",  # one actor per node first, as with one per GPU node
-        **res,
+        **res,  # Ray Data spreads the actors over the nodes (one per GPU node) by default
     )
     # Ray Data sizes its budget to the whole cluster; cap it at what the stage may hold.
     cap = resources(config, ray.cluster_resources())
@@ -185,7 +206,8 @@ def run_denoise(
         cpu=cap["CPU"], gpu=cap["GPU"]
     )
     ds.set_name(f"denoise_{iteration:03d}")
-    ds.write_parquet(tmp.path, filesystem=tmp.fs, ray_remote_args={"num_cpus": IO_CPUS})
+    with Ticker(f"denoise {iteration:03d}", RowCounter(tmp), len(in_ids), "items", log):
+        ds.write_parquet(tmp.path, filesystem=tmp.fs, ray_remote_args={"num_cpus": IO_CPUS})
     seconds = time.time() - t0
 
     out_ids, stats = _check_output(tmp, in_ids, shape)

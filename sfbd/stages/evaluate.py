@@ -30,6 +30,7 @@ from sfbd.diffusion.networks import NetworkConfig
 from sfbd.diffusion.samplers import generate
 from sfbd.metrics.distances import sliced_wasserstein
 from sfbd.metrics.memorization import memorization_report
+from sfbd.progress import Ticker
 from sfbd.rundir import RunDir
 from sfbd.runfiles import Where, load_denoiser_at, read_parquet
 from sfbd.viz import save_grid, save_pairs, save_scatter
@@ -106,8 +107,11 @@ def resources(config: EvalConfig, cluster: dict) -> dict:
     }
 
 
-def generate_with_ray(checkpoint: Where, config: EvalConfig, name: str = "generate") -> np.ndarray:
-    """`config.num_samples` samples through Ray Data, ordered by sample id."""
+def generate_with_ray(
+    checkpoint: Where, config: EvalConfig, name: str = "generate", log=None
+) -> np.ndarray:
+    """`config.num_samples` samples through Ray Data, ordered by sample id; with `log`, a
+    progress line (samples, rate, time left) every 10 s while they come in."""
     import ray
     from ray.data import ExecutionResources
 
@@ -140,10 +144,18 @@ def generate_with_ray(checkpoint: Where, config: EvalConfig, name: str = "genera
         cpu=size * res.get("num_cpus", 1), gpu=size * res.get("num_gpus", 0)
     )
     ds.set_name(name)
-    rows = ds.take_all()
-    rows.sort(key=lambda r: r["id"])
+    got_ids, got_x = [], []
+
+    def counted() -> int:
+        return sum(len(i) for i in got_ids)
+
+    with Ticker(name, counted, config.num_samples, "samples", log or (lambda _: None)):
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            got_ids.append(batch["id"])
+            got_x.append(batch["x"])
+    ids, x = np.concatenate(got_ids), np.concatenate(got_x)
     shape = item_shape(load_denoiser_at(checkpoint)[1])
-    return np.stack([r["x"] for r in rows]).astype(np.float32).reshape(len(rows), *shape)
+    return x[np.argsort(ids)].astype(np.float32).reshape(len(ids), *shape)
 
 
 def reference_items(data_dir: Where, config: EvalConfig) -> np.ndarray:
@@ -282,12 +294,16 @@ def evaluate_on_ray(
     config: EvalConfig,
     denoised_dir: Where | None = None,
     name: str = "evaluate",
+    log=None,
 ) -> dict:
     """The evaluate stage: samples through Ray Data (dataset `generate...` on the dashboard),
-    then `compute_metrics` as a Ray task `name`, on a GPU when the cluster has one."""
+    then `compute_metrics` as a Ray task `name`, on a GPU when the cluster has one. `log`
+    gets the sampling's progress lines."""
     import ray
 
-    samples = generate_with_ray(checkpoint, config, name=name.replace("evaluate", "generate", 1))
+    samples = generate_with_ray(
+        checkpoint, config, name=name.replace("evaluate", "generate", 1), log=log
+    )
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     task = ray.remote(compute_metrics).options(num_cpus=config.cpus, num_gpus=gpus, name=name)
     return ray.get(

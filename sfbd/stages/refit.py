@@ -96,6 +96,8 @@ class TrainJob:
     storage: str  # Ray Train's storage path; this stage's checkpoints go to <storage>/<stage>
     init_checkpoint: str | None = None  # EMA weights to start from (a refit: the previous ones)
     metric_tags: dict | None = None  # tags of the live kimg metric; None: no metric
+    tensorboard: str | None = None  # the run's TensorBoard folder (rank 0 writes); None: none
+    images_before: int = 0  # images the run trained before this stage: the events' step offset
 
 
 def latest_state(stage_dir: Where) -> dict | None:
@@ -135,8 +137,9 @@ def restore_point(job: TrainJob) -> dict | None:
 
 
 class Reporter:
-    """Log lines every `log_kimg`, the live kimg metric, and `ray.train.report` every
-    `checkpoint_kimg` and at the end (every rank reports; rank 0 attaches the checkpoint)."""
+    """Progress lines (rate, time left), the live kimg metric and TensorBoard scalars every
+    `log_kimg` from rank 0, and `ray.train.report` every `checkpoint_kimg` and at the end
+    (every rank reports; rank 0 attaches the checkpoint)."""
 
     def __init__(self, job: TrainJob, rank: int, state: TrainState, resumed_from: int | None):
         self.job, self.rank, self.resumed_from = job, rank, resumed_from
@@ -149,6 +152,7 @@ class Reporter:
             from sfbd.telemetry import kimg_trained
 
             self.progress = kimg_trained()
+        self.events = None  # opened at the first progress line (rank 0, with job.tensorboard)
 
     def crossed(self, images: int, every_kimg: float) -> bool:
         every = int(every_kimg * 1000)
@@ -161,17 +165,41 @@ class Reporter:
         total, done = self.job.kimg * 1000, state.images_seen >= self.job.kimg * 1000
         state.loss = float(np.mean(self.losses[-50:]))
         if self.rank == 0 and (self.crossed(state.images_seen, self.job.train.log_kimg) or done):
-            rate = (state.images_seen - self.images_last) / max(time.time() - self.t_last, 1e-9)
-            print(
-                f"{self.job.stage}: {state.images_seen / 1000:.1f}/{total / 1000:.1f} kimg, "
-                f"loss {state.loss:.4f}, {rate:.0f} images/s",
-                flush=True,
-            )
-            self.t_last, self.images_last = time.time(), state.images_seen
-            if self.progress is not None:
-                self.progress.set(state.images_seen / 1000, tags=self.job.metric_tags)
+            self.log_line(state, total)
         if self.crossed(state.images_seen, self.job.train.checkpoint_kimg) or done:
             self.report(state)
+        if done and self.events is not None:
+            self.events.close()
+            self.events = None
+
+    def log_line(self, state: TrainState, total: float) -> None:
+        """The progress line, the live metric and the TensorBoard scalars."""
+        from sfbd.progress import duration, time_left
+
+        now = time.time()
+        rate = (state.images_seen - self.images_last) / max(now - self.t_last, 1e-9)
+        # Time left at the rate since the first step ended (the first one includes start-up).
+        left = time_left(
+            state.images_seen - self.images_first, total - self.images_first, now - self.t_first
+        )
+        print(
+            f"{self.job.stage}: {state.images_seen / 1000:.1f}/{total / 1000:.1f} kimg "
+            f"({100 * state.images_seen / total:.0f}%), loss {state.loss:.4f}, "
+            f"{rate:.0f} images/s, {duration(left)} left",
+            flush=True,
+        )
+        self.t_last, self.images_last = now, state.images_seen
+        if self.progress is not None:
+            self.progress.set(state.images_seen / 1000, tags=self.job.metric_tags)
+        if self.job.tensorboard:
+            if self.events is None:
+                from sfbd.tensorboard_events import EventLog
+
+                self.events = EventLog(self.job.tensorboard, self.job.stage)
+            step = self.job.images_before + state.images_seen
+            self.events.scalar("train/loss", state.loss, step)
+            self.events.scalar("train/images_per_s", rate, step)
+            self.events.flush()
 
     def report(self, state: TrainState) -> None:
         metrics = {
