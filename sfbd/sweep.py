@@ -1,7 +1,9 @@
-"""The Ray Tune side of sweeps: every trial is one whole SFBD run (`sfbd.run.fit`) for a grid
-point (clean fraction, tau), reporting the metric after pretraining and after every
-iteration (`ray.tune.report`), so a scheduler such as ASHA can stop weak trials early; then
-the results table and heatmap. The CLI is `sfbd sweep` (`tuning/sweep.py`).
+"""The Ray Tune side of sweeps: every trial is one whole SFBD run (`sfbd.run.fit`) for one
+point of the search space (any config keys: grid values, random draws from ranges, seeds),
+reporting the metric after pretraining and after every iteration (`ray.tune.report`), so a
+scheduler such as ASHA can stop weak trials early. The results table, `best.json` and the
+heatmap come from Tune's `ResultGrid` (`sfbd.sweep_results`). The CLI is `sfbd sweep`
+(`tuning/sweep.py`).
 
 How concurrent trials share the cluster. A trial's driver (the Tune function, which prepares
 the data and then waits) reserves `trial_cpus` / `trial_gpus` for the trial's whole life. It
@@ -48,46 +50,78 @@ must also fit on one node, which it does not check."""
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
-from pathlib import Path
 
-from sfbd.config import SFBDConfig, from_dict
+from sfbd.config import SFBDConfig
+from sfbd.storage import Location, Where
+from sfbd.sweep_space import GridAxis, RangeAxis, SearchSpace, point_config, trial_name
+from sfbd.sweep_tracking import PACKAGES
 
 DRIVER_CPUS = 0.1  # a trial's driver prepares the data, then waits on its orchestrator
+# Without any axis, a sweep is the paper's question: clean fraction x tau.
+DEFAULT_GRID = (
+    GridAxis("data.clean_fraction", (0.04, 0.1), "--clean-fractions"),
+    GridAxis("data.tau", (0.2, 0.59), "--taus"),
+)
 
 
 @dataclass
 class SweepConfig:
-    """A grid over clean fraction x tau, and how trials share the cluster."""
+    """What a sweep varies (`space()`), how Tune schedules it, and how trials share the
+    cluster. `clean_fractions` / `taus` are the shorthands `--clean-fractions` / `--taus`
+    for grid axes over `data.clean_fraction` / `data.tau`."""
 
-    clean_fractions: tuple[float, ...] = (0.04, 0.1)
-    taus: tuple[float, ...] = (0.2, 0.59)
+    grid: tuple[GridAxis, ...] = ()
+    ranges: tuple[RangeAxis, ...] = ()
+    seeds: int = 0  # N: every point runs with seeds 0..N-1 (0: the config's own seeds)
+    samples: int = 1  # random draws of the ranges (Ray Tune's num_samples)
+    clean_fractions: tuple[float, ...] | None = None
+    taus: tuple[float, ...] | None = None
     scheduler: str = "fifo"  # fifo or asha
+    grace_period: int = 1  # ASHA: evaluations before a trial can be stopped
+    reduction_factor: float = 2.0  # ASHA: keeps the best 1/reduction_factor at each rung
     max_concurrent: int = 1
     trial_cpus: float = DRIVER_CPUS  # reserved by a trial's driver (its stages reserve their own)
     trial_gpus: float = 0.0
+    callbacks: tuple[str, ...] = ()  # Ray Tune logger callbacks: mlflow, wandb (sweep_tracking)
 
-    def validate(self) -> None:
-        for f in self.clean_fractions:
-            if not 0 < f < 1:
-                raise ValueError(f"--clean-fractions: {f} must lie in (0, 1)")
-        for t in self.taus:
-            if not t > 0:
-                raise ValueError(f"--taus: {t} must be > 0")
-        if not self.clean_fractions or not self.taus:
-            raise ValueError("--clean-fractions, --taus: give at least one value each")
-        # Equal values would be two trials on one run directory (`trial_dir` names it).
-        for flag, values in (("--clean-fractions", self.clean_fractions), ("--taus", self.taus)):
-            names = [f"{v:g}" for v in values]
-            if len(set(names)) != len(names):
-                raise ValueError(f"{flag}: {','.join(names)} repeats a value")
+    def space(self) -> SearchSpace:
+        """The axes: the shorthands first, then `--grid`, `--range` and the seeds; without
+        any, `DEFAULT_GRID`."""
+        shorthands = []
+        if self.clean_fractions is not None:
+            shorthands.append(
+                GridAxis("data.clean_fraction", tuple(self.clean_fractions), "--clean-fractions")
+            )
+        if self.taus is not None:
+            shorthands.append(GridAxis("data.tau", tuple(self.taus), "--taus"))
+        grid = (*shorthands, *self.grid)
+        if not grid and not self.ranges and not self.seeds:
+            grid = DEFAULT_GRID
+        return SearchSpace(grid, tuple(self.ranges), self.seeds, self.samples)
+
+    def validate(self, config: SFBDConfig | None = None) -> None:
+        """One-line `ValueError`s naming the flag; with `config`, the axes' keys and values
+        are checked against it too. No I/O, no cluster."""
+        self.space().validate(config)
         if self.max_concurrent < 1:
             raise ValueError(f"--max-concurrent: {self.max_concurrent}; must be >= 1")
         if self.scheduler not in ("fifo", "asha"):
             raise ValueError(f"--scheduler: {self.scheduler!r}; allowed: fifo, asha")
+        if self.grace_period < 1:
+            raise ValueError(f"--grace-period: {self.grace_period}; must be >= 1")
+        if config is not None and self.grace_period > config.iterations + 1:
+            raise ValueError(
+                f"--grace-period: {self.grace_period}; a trial evaluates at most "
+                f"iterations + 1 = {config.iterations + 1} times (pretraining, then each iteration)"
+            )
+        if not self.reduction_factor > 1:
+            raise ValueError(f"--reduction-factor: {self.reduction_factor:g}; must be > 1")
         if self.trial_cpus < 0 or self.trial_gpus < 0:
             raise ValueError("--trial-cpus, --trial-gpus: must be >= 0")
+        for name in self.callbacks:
+            if name not in PACKAGES:
+                raise ValueError(f"--callback: {name!r}; allowed: {', '.join(PACKAGES)}")
 
 
 def trial_footprint(config: SFBDConfig, grid: SweepConfig, cluster: dict) -> dict[str, dict]:
@@ -137,30 +171,24 @@ def check_concurrency(config: SFBDConfig, grid: SweepConfig, cluster: dict) -> N
         )
 
 
-def trial_dir(root: str, clean_fraction: float, tau: float) -> Path:
-    return Path(root) / f"cf{clean_fraction:g}_tau{tau:g}"
-
-
-def run_trial(params: dict) -> None:
-    """Tune function trainable: one whole SFBD run for (clean_fraction, tau)."""
+def run_trial(params: dict, base: dict, root: str, keys: list[str], seeds: bool) -> None:
+    """Tune function trainable: one whole SFBD run for one point (`params`: its axis values),
+    in `root/<trial_name>`."""
     import ray.tune
 
     from sfbd.run import fit
 
-    base = dict(params["base"])
-    base["data"] = {
-        **base["data"],
-        "clean_fraction": params["clean_fraction"],
-        "tau": params["tau"],
-    }
-    config = from_dict(SFBDConfig, base)
-    run_dir = trial_dir(params["root"], params["clean_fraction"], params["tau"])
+    point = {k: params[k] for k in keys}
+    config = point_config(base, point, seeds)
+    run_dir = Location.of(root) / trial_name(point)
 
     def report(row: dict) -> None:
         metric = row["metric"]
         ray.tune.report(
             {
                 "iteration": row["iteration"],
+                # ASHA's clock: pretraining is the first evaluation, iteration k the k+1-th.
+                "evaluations": row["iteration"] + 1,
                 "metric": row[metric],
                 "metric_name": metric,
                 "run_dir": str(run_dir),
@@ -171,86 +199,71 @@ def run_trial(params: dict) -> None:
     fit(config, run_dir, on_metrics=report)
 
 
-def sweep(config: SFBDConfig, grid: SweepConfig, out: Path, log=print) -> tuple[list[dict], int]:
-    """Run (or resume) the sweep into `out`; returns the results rows and the failed trials."""
+def make_scheduler(config: SFBDConfig, grid: SweepConfig):
+    """None (FIFO: every trial runs to its end) or ASHA over the evaluations (pretraining
+    and each of the `iterations`); a trial that reaches the last one is never cut."""
+    if grid.scheduler != "asha":
+        return None
+    from ray import tune
+
+    return tune.schedulers.ASHAScheduler(
+        time_attr="evaluations",
+        max_t=config.iterations + 1,
+        grace_period=grid.grace_period,
+        reduction_factor=grid.reduction_factor,
+        stop_last_trials=False,
+    )
+
+
+def sweep(config: SFBDConfig, grid: SweepConfig, out: Where, log=print) -> tuple[list[dict], list]:
+    """Run (or resume) the sweep into `out` (a path or URI); returns the results table's rows
+    and the failed trials' results."""
     import ray
     from ray import tune
 
     from sfbd.run import init_ray
+    from sfbd.sweep_results import write_results
+    from sfbd.sweep_tracking import make_callbacks
 
+    space = grid.space()
+    out = Location.of(out)
     init_ray()
     check_concurrency(config, grid, ray.cluster_resources())
     storage, name = out / "tune", "sweep"
     # The driver's reservation, held for the trial's whole life; its stages reserve their own
     # outside it (the rule above). Tune needs some resource in a bundle: a little memory.
     resources = {"cpu": grid.trial_cpus, "gpu": grid.trial_gpus, "memory": 64 * 2**20}
-    trainable = tune.with_resources(run_trial, resources)
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial,
+            base=config.to_dict(),
+            root=str(out / "trials"),
+            keys=space.keys(),
+            seeds=bool(space.seeds),
+        ),
+        resources,
+    )
     if tune.Tuner.can_restore(str(storage / name)):
         log(f"[sweep] resuming {storage / name}")
         tuner = tune.Tuner.restore(str(storage / name), trainable=trainable, resume_errored=True)
     else:
-        scheduler = None
-        if grid.scheduler == "asha":
-            scheduler = tune.schedulers.ASHAScheduler(
-                time_attr="iteration", max_t=config.iterations, grace_period=1
-            )
         tuner = tune.Tuner(
             trainable,
-            param_space={
-                "clean_fraction": tune.grid_search(list(grid.clean_fractions)),
-                "tau": tune.grid_search(list(grid.taus)),
-                "base": config.to_dict(),
-                "root": str(out / "trials"),
-            },
+            param_space=space.param_space(),
             tune_config=tune.TuneConfig(
                 metric="metric",
                 mode="min",
-                scheduler=scheduler,
+                scheduler=make_scheduler(config, grid),
+                num_samples=space.samples,
                 max_concurrent_trials=grid.max_concurrent,
             ),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage)),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str(storage),
+                callbacks=make_callbacks(grid.callbacks, config.name, out),
+            ),
         )
     results = tuner.fit()
-    rows = []
-    for result in results:
-        df = result.metrics_dataframe
-        if df is None or df.empty:
-            continue
-        rows.append(
-            {
-                "clean_fraction": result.config["clean_fraction"],
-                "tau": result.config["tau"],
-                "iterations_done": int(df["iteration"].max()),
-                "metric_name": df["metric_name"].iloc[-1],
-                "final_metric": float(df["metric"].iloc[-1]),
-                "best_metric": float(df["metric"].min()),
-                "run_dir": df["run_dir"].iloc[-1],
-            }
-        )
-    write_results(rows, out)
+    rows = write_results(results, space, config, out)
     failed = [r for r in results if r.error]
     return rows, failed
-
-
-RESULT_FIELDS = (
-    "clean_fraction",
-    "tau",
-    "iterations_done",
-    "metric_name",
-    "final_metric",
-    "best_metric",
-    "run_dir",
-)
-
-
-def write_results(rows: list[dict], out: Path) -> None:
-    """results.csv and heatmap.png of the final metric."""
-    from sfbd.viz import save_heatmap
-
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
-        w.writeheader()
-        for r in sorted(rows, key=lambda r: (r["clean_fraction"], r["tau"])):
-            w.writerow({k: r.get(k) for k in RESULT_FIELDS})
-    save_heatmap(rows, out / "heatmap.png")

@@ -1,9 +1,14 @@
-"""A Ray Tune sweep over tau on the toy (1 clean fraction x 3 taus, each trial a whole run,
-all three at once on the suite's 2 CPUs): table, heatmap, early reports, the trials' overlap,
-and resume after the sweep is killed; a sweep whose concurrent trials cannot all hold their
-stages is refused."""
+"""Ray Tune sweeps on the toy. The main sweep runs a learning rate (a non-data key; the clean
+fraction given by its shorthand) with 3 seeds, two trials at a time on the suite's 2 CPUs:
+table, best.json, heatmap, the trials' overlap, and resume after the sweep is killed when the
+first trial has finished (one still running, one not started). A second, small sweep shows
+ASHA stopping a weak trial, a URI --out, and the MLflow / W&B callbacks. The rest is argument
+checking, before Ray starts."""
 
+import contextlib
 import csv
+import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -27,13 +32,13 @@ SMALL = [
     "train.checkpoint_kimg=10",
     "eval.num_samples=1000",
     "denoise.steps=4",
-    # Three trials on 2 CPUs: each holds at most 0.1 (driver) + 0.5 (denoise: an actor of
-    # 0.25 and a writing task of 0.25; evaluate: 0.5) CPUs; training runs in local mode.
+    # Up to three trials on 2 CPUs: each holds at most 0.1 (driver) + 0.5 (denoise: an actor
+    # of 0.25 and a writing task of 0.25; evaluate: 0.5) CPUs; training runs in local mode.
     "train.num_workers=0",
     "denoise.cpus_per_actor=0.25",
     "eval.cpus=0.5",
 ]
-TAUS = (0.3, 0.45, 0.59)
+LR = 2e-3  # toy2d's own is 3e-3
 
 
 def _args(out, address):
@@ -42,10 +47,12 @@ def _args(out, address):
         "toy2d",
         "--clean-fractions",
         "0.05",
-        "--taus",
-        ",".join(map(str, TAUS)),
-        "--max-concurrent",
+        "--grid",
+        f"train.lr={LR}",
+        "--seeds",
         "3",
+        "--max-concurrent",
+        "2",
         "--out",
         str(out),
         "--address",
@@ -73,20 +80,24 @@ def test_sweep_resumes_after_interruption_and_writes_table_and_heatmap(ray_clust
     )
     # Interrupt once the first trial has finished its whole run.
     deadline = time.time() + 400
-    while time.time() < deadline:
-        if any(
-            (d / "state.json").is_file() and '"finished": true' in (d / "state.json").read_text()
-            for d in (out / "trials").glob("cf*")
-        ):
-            break
-        assert proc.poll() is None, "the sweep ended before its first trial finished"
-        time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        while time.time() < deadline:
+            if any(
+                (d / "state.json").is_file()
+                and '"finished": true' in (d / "state.json").read_text()
+                for d in (out / "trials").glob("*")
+            ):
+                break
+            assert proc.poll() is None, "the sweep ended before its first trial finished"
+            time.sleep(0.5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     finished_first = [
         d.name
-        for d in (out / "trials").glob("cf*")
-        if '"finished": true' in (d / "state.json").read_text()
+        for d in (out / "trials").glob("*")
+        if (d / "state.json").is_file() and '"finished": true' in (d / "state.json").read_text()
     ]
     assert finished_first and not (out / "results.csv").exists()
     stamps = {
@@ -96,24 +107,46 @@ def test_sweep_resumes_after_interruption_and_writes_table_and_heatmap(ray_clust
 
     assert main(["sweep", *_args(out, ray_cluster)]) == 0
     rows = _rows(out)
-    assert sorted((float(r["clean_fraction"]), float(r["tau"])) for r in rows) == [
-        (0.05, t) for t in TAUS
-    ]
-    assert all(r["metric_name"] == "swd_true" and int(r["iterations_done"]) == 1 for r in rows)
+    points = sorted(
+        (float(r["data.clean_fraction"]), float(r["train.lr"]), int(r["seed"])) for r in rows
+    )
+    assert points == [(0.05, LR, 0), (0.05, LR, 1), (0.05, LR, 2)]
+    assert all(r["metric_name"] == "swd_true" and r["iterations_done"] == "1" for r in rows)
+    assert {r["status"] for r in rows} == {"finished"}
     assert (out / "heatmap.png").stat().st_size > 0
+    # --seeds sets the training seed and the data seed of each trial.
+    for r in rows:
+        config = load_config(str(Path(r["run_dir"]) / "config.yaml"), [])
+        assert (config.seed, config.data.seed, config.train.lr) == (
+            int(r["seed"]),
+            int(r["seed"]),
+            float(r["train.lr"]),
+        )
+    summary = json.loads((out / "best.json").read_text())
+    top = min(rows, key=lambda r: float(r["final_metric"]))
+    assert summary["best"]["run_dir"] == top["run_dir"]
+    assert summary["best"]["metric"] == float(top["final_metric"])
+    assert summary["best"]["set"] == [
+        "data.clean_fraction=0.05",
+        f"train.lr={float(top['train.lr'])}",
+        f"seed={top['seed']}",
+        f"data.seed={top['seed']}",
+    ]
+    assert summary["best_mean_over_seeds"]["seeds"] == [0, 1, 2]
     # The trial that had finished before the interruption was not trained again.
     for name, stamp in stamps.items():
         assert (out / "trials" / name / "checkpoints" / "iter_001.pt").stat().st_mtime_ns == stamp
-    # The three trials ran at the same time: every one started its stages before any ended.
+    # Two trials ran at the same time: both started their stages before either ended.
     spans = []
-    for d in sorted((out / "trials").glob("cf*")):
+    for d in sorted((out / "trials").glob("*")):
         stages = [s for s in RunDir(d).read_state()["completed"].values() if "started" in s]
         spans.append((min(s["started"] for s in stages), max(s["finished"] for s in stages)))
     assert len(spans) == 3
+    spans = sorted(spans)[:2]
     overlap = min(end for _, end in spans) - max(start for start, _ in spans)
     assert overlap > 0, spans
-    print(f"all three trials ran together for {overlap:.1f}s")
-    print("sweep table:", [(r["clean_fraction"], r["tau"], r["final_metric"]) for r in rows])
+    print(f"both trials ran together for {overlap:.1f}s")
+    print("sweep table:", [(r["train.lr"], r["seed"], r["final_metric"]) for r in rows])
 
 
 def test_sweep_rejects_bad_values(tmp_path, capsys):
@@ -133,6 +166,143 @@ def test_sweep_rejects_bad_values(tmp_path, capsys):
     )
     assert "--clean-fractions" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def _no_ray(monkeypatch):
+    """Make starting Ray fail the test: bad input must be refused before it."""
+
+    def refuse(*a, **k):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr("sfbd.run.init_ray", refuse)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--grid", "train.nope=1,2"], "error: --grid train.nope: config: unknown key train.nope;"),
+        (["--grid", "train.lr="], "error: --grid train.lr: no values;"),
+        (["--grid", "train.lr"], "error: --grid 'train.lr': expected KEY=V1,V2"),
+        (["--grid", "train.lr=fast"], "error: --grid train.lr: config: train.lr = 'fast'"),
+        (["--grid", "data.tau=0.3,0.30"], "error: --grid data.tau: 0.3,0.3 repeats a value"),
+        (["--range", "train.lr=1e-2:1e-4"], "error: --range train.lr: LOW 0.01 must be below"),
+        (["--range", "data.tau=0:1:log"], "error: --range data.tau: a log range needs LOW > 0"),
+        (["--range", "eval.steps=4:x"], "error: --range eval.steps: '4:x'; LOW and HIGH must be"),
+        (["--range", "nope=1:2"], "error: --range nope: config: unknown key nope;"),
+        (["--samples", "4"], "error: --samples: draws the --range axes"),
+        (["--seeds", "2", "--grid", "data.seed=1,2"], "error: --seeds: --grid data.seed already"),
+        (
+            ["--taus", "0.3", "--grid", "data.tau=0.5"],
+            "error: --grid data.tau: data.tau is already",
+        ),
+        (["--scheduler", "asha", "--grace-period", "3"], "error: --grace-period: 3; a trial"),
+    ],
+)
+def test_sweep_refuses_bad_axes_in_one_line_before_ray(
+    flags, message, tmp_path, capsys, monkeypatch
+):
+    _no_ray(monkeypatch)
+    out = tmp_path / "s"
+    args = ["sweep", "--config", "toy2d", "--set", "iterations=1", "--out", str(out)]
+    assert main([*args, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_a_missing_tracking_package_is_named_before_ray(tmp_path, capsys, monkeypatch):
+    _no_ray(monkeypatch)
+    real = importlib.import_module
+
+    def without_mlflow(name, *a, **k):
+        if name == "mlflow":
+            raise ImportError("No module named 'mlflow'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib, "import_module", without_mlflow)
+    args = ["sweep", "--config", "toy2d", "--callback", "mlflow", "--out", str(tmp_path / "s")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: --callback mlflow: the package mlflow is not installed; "
+        "pip install 'sfbd[track]' (or pip install mlflow)"
+    )
+
+
+def test_search_space_of_grids_ranges_and_seeds():
+    from ray import tune
+
+    from sfbd.sweep_space import parse_grid, parse_range, point_config, trial_name
+
+    config = load_config("toy2d", [])
+    grid = SweepConfig(
+        grid=(parse_grid("train.lr=1e-3,2e-3"), parse_grid("eval.metric=swd")), seeds=3
+    )
+    grid.validate(config)
+    space = grid.space()
+    assert space.keys() == ["train.lr", "eval.metric", "seed"] and space.trials() == 6
+    assert space.param_space() == {
+        "train.lr": tune.grid_search([1e-3, 2e-3]),
+        "eval.metric": tune.grid_search(["swd"]),
+        "seed": tune.grid_search([0, 1, 2]),
+    }
+    drawn = SweepConfig(
+        ranges=(parse_range("train.lr=1e-4:1e-2:log"), parse_range("eval.steps=4:9")),
+        samples=5,
+    )
+    drawn.validate(config)
+    params = drawn.space().param_space()
+    assert isinstance(params["train.lr"], tune.search.sample.Float)
+    assert (params["train.lr"].lower, params["train.lr"].upper) == (1e-4, 1e-2)
+    assert isinstance(params["train.lr"].sampler, tune.search.sample.LogUniform)
+    assert (params["eval.steps"].lower, params["eval.steps"].upper) == (4, 10)  # 9 included
+    assert drawn.space().trials() == 5
+    # No axis at all: clean fraction x tau; the old flags are shorthands for grid axes.
+    assert SweepConfig().space().keys() == ["data.clean_fraction", "data.tau"]
+    short = SweepConfig(taus=(0.3,), grid=(parse_grid("data.sigma=0.1"),))
+    assert [a.key for a in short.space().grid] == ["data.tau", "data.tau"]
+    # A trial's config and run directory name.
+    trial = point_config(config.to_dict(), {"train.lr": 2e-3, "seed": 2}, seeds=True)
+    assert (trial.train.lr, trial.seed, trial.data.seed) == (2e-3, 2, 2)
+    assert point_config(config.to_dict(), {"seed": 2}).data.seed == config.data.seed
+    assert trial_name({"train.lr": 2e-3, "seed": 2}) == "lr=0.002_seed=2"
+    assert trial_name({"train.batch_size": 8, "eval.batch_size": 4}) == (
+        "train.batch_size=8_eval.batch_size=4"
+    )
+
+
+def test_best_json_and_heatmap_from_result_rows(tmp_path):
+    from sfbd.storage import Location
+    from sfbd.sweep_results import best_summary, heatmap
+    from sfbd.sweep_space import parse_grid
+
+    space = SweepConfig(grid=(parse_grid("train.lr=1e-3,2e-3"),), seeds=2).space()
+    finals = {(1e-3, 0): 0.3, (1e-3, 1): 0.1, (2e-3, 0): 0.15, (2e-3, 1): 0.2}
+    rows = [
+        {
+            "train.lr": lr,
+            "seed": seed,
+            "status": "finished",
+            "iterations_done": 1,
+            "metric_name": "swd",
+            "final_metric": v,
+            "run_dir": f"r{lr}-{seed}",
+            "trial_id": f"t{lr}-{seed}",
+        }
+        for (lr, seed), v in finals.items()
+    ]
+    rows.append({**rows[0], "seed": 2, "status": "failed", "final_metric": None})
+    summary = best_summary(rows, space)
+    assert summary["best"]["run_dir"] == "r0.001-1" and summary["best"]["metric"] == 0.1
+    assert summary["best"]["set"] == ["train.lr=0.001", "seed=1", "data.seed=1"]
+    mean = summary["best_mean_over_seeds"]
+    assert mean["overrides"] == {"train.lr": 2e-3} and mean["metric_mean"] == pytest.approx(0.175)
+    assert mean["seeds"] == [0, 1]
+    assert heatmap(rows, space.keys(), Location.of(tmp_path / "h.png"))
+    assert (tmp_path / "h.png").read_bytes().startswith(b"\x89PNG")
+    many = [{**rows[0], "train.lr": i * 1e-4} for i in range(1, 40)]
+    assert not heatmap(many, ["train.lr"], Location.of(tmp_path / "none.png"))
+    assert best_summary([rows[-1]], space)["best"] is None
 
 
 def test_sweep_refuses_more_concurrent_trials_than_the_cpus_hold(ray_cluster, tmp_path, capsys):
@@ -198,3 +368,103 @@ def test_sweep_timing_spans_overlap_and_a_fresh_out(tmp_path):
         2,
     )
     assert "speed-up (sequential / concurrent wall time): 2.00x" in table
+
+
+def test_asha_stops_a_weak_trial_and_the_tracking_callbacks_log_every_trial(
+    ray_cluster, tmp_path, monkeypatch
+):
+    """Two trials one after another; the second, at learning rate 1e-7, learns nothing (its
+    samples stay near EDM's Gaussian prior: a sliced distance near 0.28 to the ring, against
+    ~0.1-0.2 for the first), so ASHA (grace period 1, reduction factor 2) cuts it after
+    pretraining, its first evaluation.
+    The sweep's --out is a file:// URI; MLflow and W&B (offline) log both trials where they
+    are installed."""
+    callbacks = [name for name in ("mlflow", "wandb") if importlib.util.find_spec(name)]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 wants a database
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "asha-test")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "asha"
+    args = ["sweep", "--config", "toy2d", "--grid", "train.lr=2e-3,1e-7"]
+    args += ["--scheduler", "asha", "--grace-period", "1", "--reduction-factor", "2"]
+    args += ["--out", out.as_uri(), "--address", ray_cluster]
+    args += [a for name in callbacks for a in ("--callback", name)]
+    assert main(args + [a for s in SMALL for a in ("--set", s)]) == 0
+    rows = {float(r["train.lr"]): r for r in _rows(out)}
+    good, weak = rows[2e-3], rows[1e-7]
+    assert (good["status"], good["iterations_done"]) == ("finished", "1")
+    assert (weak["status"], weak["iterations_done"]) == ("stopped", "0")
+    assert [len(RunDir(r["run_dir"]).read_metrics()) for r in (good, weak)] == [2, 1]
+    best = json.loads((out / "best.json").read_text())["best"]
+    assert best["overrides"] == {"train.lr": 2e-3} and best["set"] == ["train.lr=0.002"]
+    assert best["metric"] == float(good["final_metric"]) and best["status"] == "finished"
+    assert (out / "heatmap.png").stat().st_size > 0
+    assert not (ROOT / "file:").exists()
+    if "mlflow" in callbacks:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+        experiment = client.get_experiment_by_name("asha-test")
+        runs = client.search_runs([experiment.experiment_id])
+        metric = {float(r.data.params["train.lr"]): r.data.metrics["metric"] for r in runs}
+        assert metric.keys() == {2e-3, 1e-7}
+        assert metric[2e-3] == pytest.approx(float(good["final_metric"]))
+        assert metric[1e-7] == pytest.approx(float(weak["final_metric"]))
+    if "wandb" in callbacks:
+        assert len(list((out / "wandb" / "wandb").glob("offline-run-*"))) == 2
+        for r in (good, weak):  # each run's log holds its trial's reported metric
+            (log,) = (out / "wandb" / "wandb").glob(f"offline-run-*/run-{r['trial_id']}.wandb")
+            assert repr(float(r["final_metric"])).encode() in log.read_bytes()
+
+
+def test_result_table_from_a_result_grid():
+    """Rows from Tune's dataframes: finished, stopped early, failed after reporting, and failed
+    before any report (absent from Tune's dataframe)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from sfbd.sweep_results import result_table
+    from sfbd.sweep_space import parse_grid
+
+    space = SweepConfig(grid=(parse_grid("train.lr=1e-3,2e-3,3e-3,4e-3"),)).space()
+    reports = {  # trial: (lr, [(iteration, metric)], error)
+        "a": (1e-3, [(0, 0.5), (1, 0.2), (2, 0.3)], None),
+        "b": (2e-3, [(0, 0.9)], None),
+        "c": (3e-3, [(0, 0.4), (1, 0.35)], RuntimeError("stage refit_002 failed")),
+    }
+
+    def frame(pick):
+        rows = []
+        for tid, (lr, seen, _) in reports.items():
+            it, value = pick(seen)
+            rows.append(
+                {"trial_id": tid, "iteration": it, "metric": value, "metric_name": "swd"}
+                | {"run_dir": f"/r/{tid}", "config/train.lr": lr}
+            )
+        return pd.DataFrame(rows)
+
+    class Grid(list):  # what result_table reads of a ResultGrid
+        def get_dataframe(self, filter_metric=None, filter_mode=None):
+            return frame(min_metric if filter_metric else (lambda seen: seen[-1]))
+
+    def min_metric(seen):
+        return min(seen, key=lambda x: x[1])
+
+    grid = Grid(
+        SimpleNamespace(metrics={"trial_id": t}, config={"train.lr": lr}, error=err)
+        for t, (lr, _, err) in reports.items()
+    )
+    grid.append(SimpleNamespace(metrics={}, config={"train.lr": 4e-3}, error=RuntimeError("x")))
+    rows = result_table(grid, space, load_config("toy2d", ["iterations=2"]))
+    got = [
+        (r["train.lr"], r["status"], r["iterations_done"], r["final_metric"], r["best_metric"])
+        for r in rows
+    ]
+    assert got == [
+        (1e-3, "finished", 2, 0.3, 0.2),
+        (2e-3, "stopped", 0, 0.9, 0.9),
+        (3e-3, "failed", 1, 0.35, 0.35),
+        (4e-3, "failed", None, None, None),
+    ]

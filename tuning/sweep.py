@@ -1,6 +1,7 @@
 """`ray job submit --working-dir . -- python tuning/sweep.py ...`: the same as `sfbd sweep ...`
-(clean fraction x tau with Ray Tune). Ray puts the working directory on PYTHONPATH; locally
-`make` installs the package. `python tuning/sweep.py --help` lists the options."""
+(Ray Tune over any config keys: --grid, --range, --seeds; docs/sweeps.md). Ray puts the
+working directory on PYTHONPATH; locally `make` installs the package. `python tuning/sweep.py
+--help` lists the options."""
 
 import sys
 

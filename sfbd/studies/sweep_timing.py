@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sfbd.config import SFBDConfig
 from sfbd.rundir import RunDir
-from sfbd.sweep import SweepConfig, sweep, trial_dir
+from sfbd.sweep import SweepConfig, sweep
 
 
 def stage_span(run_dir: Path) -> tuple[float, float]:
@@ -43,11 +43,7 @@ def compare_sequential(config: SFBDConfig, grid: SweepConfig, out: Path, log=pri
         seconds = time.time() - t0
         if failed:
             raise RuntimeError(f"{mode} sweep: {len(failed)} trial(s) failed: {failed[0].error}")
-        spans = [
-            stage_span(trial_dir(str(out / mode / "trials"), f, t))
-            for f in grid.clean_fractions
-            for t in grid.taus
-        ]
+        spans = [stage_span(Path(r["run_dir"])) for r in rows]
         trial_seconds = [end - start for start, end in spans]
         modes[mode] = {
             "max_concurrent": n,
@@ -60,7 +56,7 @@ def compare_sequential(config: SFBDConfig, grid: SweepConfig, out: Path, log=pri
     result = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": config.name,
-        "grid": {"clean_fractions": list(grid.clean_fractions), "taus": list(grid.taus)},
+        "axes": grid.space().keys(),
         **modes,
         "speedup": round(modes["sequential"]["seconds"] / modes["concurrent"]["seconds"], 2),
     }
