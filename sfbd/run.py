@@ -16,6 +16,13 @@ from collections.abc import Callable, Sequence
 from sfbd.clusterwatch import ClusterWatch, cluster_addresses
 from sfbd.config import SFBDConfig, config_from_dict, load_config
 from sfbd.data.store import MANIFEST, read_manifest, verify_split
+from sfbd.defaults import (
+    BARE_PRESETS,
+    STORAGE_ENV,
+    default_preset,
+    default_run_dir,
+    working_dir_copy,
+)
 from sfbd.lease import hold_lease
 from sfbd.rundir import RunDir
 from sfbd.storage import Location, Where
@@ -29,6 +36,9 @@ class StageFailed(RuntimeError):
     def __init__(self, stage: str | None, reason: str):
         super().__init__(f"stage {stage} failed: {reason}")
         self.stage, self.reason = stage, reason
+
+    def __reduce__(self):  # Ray pickles it back from a failed Tune trial
+        return StageFailed, (self.stage, self.reason)
 
     def line(self) -> str:
         """What the user reads: one line, with how to resume."""
@@ -66,10 +76,13 @@ def resolve(
     run_dir: Where | None = None,
     data: Where | None = None,
     baselines: Sequence[str] = (),
+    *,
+    quiet: bool = False,
 ) -> tuple[SFBDConfig, RunDir, Location | None]:
     """Everything that can be checked before Ray starts: the config (a preset name, a YAML
-    path or an `SFBDConfig`, then `overrides`), the run directory (writable; default
-    `runs/<config name>`) and prepared data. One-line `ValueError`/`OSError` otherwise."""
+    path or an `SFBDConfig`, then `overrides`), the run directory (writable; default:
+    `sfbd.defaults.default_run_dir`, logged unless `quiet`) and prepared data. One-line
+    `ValueError`/`OSError` otherwise."""
     if isinstance(config, str):
         config = load_config(config, list(overrides))
     else:
@@ -77,8 +90,21 @@ def resolve(
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise ValueError(f"baselines: unknown {unknown}; allowed: {', '.join(BASELINES)}")
-    # Resolved here: Ray workers run in another working directory.
-    run = RunDir(run_dir or f"runs/{config.name}")
+    # Resolved here (made absolute): Ray workers run in another working directory.
+    if run_dir is None:
+        default = default_run_dir(config.name)
+        run = RunDir(default.where)
+        if not quiet:
+            log(f"run directory {run} ({default.why})")
+    else:
+        run = RunDir(run_dir)
+        copy = working_dir_copy(os.getcwd())
+        local = run.root.local
+        if not quiet and copy is not None and local is not None and local.is_relative_to(copy):
+            log(
+                f"warning: run-dir {run} is inside this Ray job's temporary copy of its "
+                f"working directory, which Ray deletes later; give an absolute path or a URI"
+            )
     run.root.check_writable("run-dir")
     data_loc = Location.of(data) if data is not None else None
     if data_loc is not None and not (data_loc / MANIFEST).is_file():
@@ -144,6 +170,20 @@ def init_ray(address: str | None = None):
     return ray.init(address=address, namespace="sfbd")
 
 
+def warn_if_node_local(run: RunDir) -> None:
+    """A default run directory on this node's disk is wrong on a multi-node cluster: the
+    stages on other nodes write into it too. Say so (the run goes on: one node may be all
+    that does the work)."""
+    import ray
+
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if run.root.local is not None and nodes > 1:
+        log(
+            f"warning: run directory {run} is on this node's disk and the cluster has {nodes} "
+            f"nodes; set {STORAGE_ENV} or --run-dir to storage that every node sees"
+        )
+
+
 def watch_cluster(run: RunDir, lease) -> ClusterWatch:
     """In a driver process, end the run within seconds of losing the cluster (head, GCS or
     this node's raylet), with the CLI's one line for a failed stage, instead of Ray's 60 s
@@ -163,7 +203,7 @@ def watch_cluster(run: RunDir, lease) -> ClusterWatch:
 
 
 def fit(
-    config: SFBDConfig | str,
+    config: SFBDConfig | str | None = None,
     run_dir: Where | None = None,
     *,
     overrides: Sequence[str] = (),
@@ -174,10 +214,13 @@ def fit(
 ) -> dict:
     """Run SFBD (Lu, Wu & Yu 2025, Algorithm 1) to completion, or resume it.
 
-    `config`: a preset name, a YAML path or an `SFBDConfig`; `overrides`: `key=value`
-    strings. `data`: prepared data (default: prepared into the run directory). `baselines`:
-    comparison models trained after the run (`noisy`, `all-clean`). `on_metrics` is called
-    with every `metrics.jsonl` row as it lands (rows of stages finished before a resume too).
+    `config`: a preset name, a YAML path or an `SFBDConfig`; None picks `fashion-mnist-gpu`
+    when the cluster has GPUs, else `fashion-mnist-cpu` (once Ray is up; `overrides` are
+    checked against both before). `overrides`: `key=value` strings. `run_dir` defaults to
+    `sfbd.defaults.default_run_dir`. `data`: prepared data (default: prepared into the run
+    directory). `baselines`: comparison models trained after the run (`noisy`,
+    `all-clean`). `on_metrics` is called with every `metrics.jsonl` row as it lands (rows of
+    stages finished before a resume too).
 
     Returns `{"run_dir", "state", "metrics", "baselines"}`. Raises `ValueError`/`OSError`
     (one line, before any work) for bad input, `sfbd.lease.LeaseHeld` (a `ValueError`, before
@@ -186,10 +229,20 @@ def fit(
     """
     import ray
 
+    ctx = None
+    if config is None:
+        # Bad input fails here, whichever preset the cluster picks, before Ray starts.
+        for name in BARE_PRESETS:
+            resolve(name, overrides, run_dir, data, baselines, quiet=True)
+        ctx = init_ray(address)
+        config, why = default_preset(ray.cluster_resources())
+        log(f"config {config}: {why} (no --config given)")
     config, run, data_loc = resolve(config, overrides, run_dir, data, baselines)
     with hold_lease(run, log=log) as lease:
-        ctx = init_ray(address)
+        ctx = init_ray(address) or ctx
         check_resources(config, ray.cluster_resources())
+        if run_dir is None and not os.environ.get(STORAGE_ENV):
+            warn_if_node_local(run)
         data_loc = prepare_run_dir(config, run, data_loc)
 
         from sfbd import orchestrator

@@ -59,3 +59,16 @@ def test_config_show_of_an_unknown_name_is_one_line(capsys):
     assert main(["config", "show", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: config:") and "nope" in err[0]
+
+
+def test_a_failed_stage_survives_pickling():
+    import pickle
+
+    from sfbd.run import StageFailed
+
+    back = pickle.loads(pickle.dumps(StageFailed("refit_001", "boom")))
+    assert (back.stage, back.reason, back.line()) == (
+        "refit_001",
+        "boom",
+        "error: stage refit_001 failed: boom (rerun the same command to resume)",
+    )

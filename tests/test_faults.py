@@ -215,7 +215,10 @@ def test_killed_orchestrator_then_killed_driver_resume_with_nothing_lost_or_dupl
     """One run, killed twice: its orchestrator actor in refit_001 (the driver then exits 1
     naming the stage), and after a rerun its driver (taking the orchestrator with it) in
     refit_002. Each rerun redoes no finished stage and continues the interrupted refit from
-    its Ray Train checkpoint; every noisy id is denoised once per iteration."""
+    its checkpoint; every noisy id is denoised once per iteration. The refits run in Ray
+    Train's local mode (in the orchestrator's process, which both kills take down; the
+    checkpoints are in the same storage folder); Ray Train's own worker restart is
+    test_killed_train_worker_resumes_from_the_last_checkpoint."""
     t_start = time.time()
     run = tmp_path / "run"
     args = ["--config", "toy2d", "--run-dir", str(run), "--address", ray_cluster]
@@ -224,6 +227,7 @@ def test_killed_orchestrator_then_killed_driver_resume_with_nothing_lost_or_dupl
         "train.pretrain_kimg=20",
         "train.refit_kimg=60",
         "train.checkpoint_kimg=10",
+        "train.num_workers=0",
         "eval.num_samples=2000",
     ):
         args += ["--set", setting]
