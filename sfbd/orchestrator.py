@@ -86,7 +86,7 @@ class Orchestrator:
             storage=str(self.run.train),
             init_checkpoint=str(self.run.checkpoint(k - 1)) if k > 0 else None,
             metric_tags={"run": self.run.name, "stage": stage.key},
-            tensorboard=str(self.run.tensorboard),
+            tensorboard=str(self.run.tensorboard_train),
             images_before=round(before * 1000),
         )
         return run_train(job, self.run.checkpoint(k), log=self._log, iteration=k)
@@ -152,7 +152,7 @@ class Orchestrator:
         from sfbd.tensorboard_events import EventLog
 
         if self.events is None:
-            self.events = EventLog(self.run.tensorboard, "orchestrator")
+            self.events = EventLog(self.run.tensorboard_eval, "orchestrator")
         k = row["iteration"]
         self.events.scalars({n: v for n, v in row.items() if n != "iteration"}, k, "eval")
         for what in ("samples", "denoised", "closest", "points"):

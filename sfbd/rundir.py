@@ -90,6 +90,18 @@ class RunDir:
         shows."""
         return self.root / "tensorboard"
 
+    @property
+    def tensorboard_train(self) -> Location:
+        """The train stages' events (step: images trained in the run). TensorBoard drops a
+        folder's events above a step it meets again later ("orphaned" by a restart), so
+        each step axis has its own folder, that is, its own TensorBoard run."""
+        return self.tensorboard / "train"
+
+    @property
+    def tensorboard_eval(self) -> Location:
+        """The evaluations' events (step: iteration)."""
+        return self.tensorboard / "eval"
+
     def checkpoint(self, iteration: int) -> Location:
         """The EMA denoiser after pretraining (0) or after SFBD iteration k."""
         return self.root / "checkpoints" / f"iter_{iteration:03d}.pt"

@@ -106,10 +106,11 @@ class EventLog:
 
 
 def read_events(where: Where) -> list:
-    """Every event (`tensorboardX.proto.event_pb2.Event`) of every event file in a folder,
-    file by file in name order. Reads the TFRecord framing itself (tensorboardX has no
-    reader): per record an 8-byte length, its 4-byte CRC, the data, the data's 4-byte CRC.
-    A file's cut-off last record is skipped, as TensorBoard does; a wrong CRC is an error."""
+    """Every event (`tensorboardX.proto.event_pb2.Event`) of every event file in a folder
+    and its subfolders, file by file in name order. Reads the TFRecord framing itself
+    (tensorboardX has no reader): per record an 8-byte length, its 4-byte CRC, the data, the
+    data's 4-byte CRC. A file's cut-off last record is skipped, as TensorBoard does; a wrong
+    CRC is an error."""
     import struct
 
     from tensorboardX.proto.event_pb2 import Event
@@ -117,6 +118,9 @@ def read_events(where: Where) -> list:
 
     events = []
     for f in Location.of(where).children():
+        if f.is_dir():
+            events += read_events(f)
+            continue
         if ".tfevents." not in f.name:
             continue
         data, pos = f.read_bytes(), 0

@@ -27,6 +27,7 @@ RUN_ENTRIES = {
     "train",
     "baselines",
     "experiment",
+    "tensorboard",
 }
 
 

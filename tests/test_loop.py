@@ -157,6 +157,7 @@ def test_tiny_image_run(ray_cluster, tmp_path, tiny_images, capfd):
     assert [s for s, _ in scalars["eval/memorization/denoised/fraction_copies"]] == [1]
     assert scalars["eval/denoised/count"] == [(1, 360.0)]
     assert images == {"grids/samples": [0, 1], "grids/closest": [0, 1], "grids/denoised": [1]}
+    assert set(read_scalars(RunDir(run).tensorboard_train)) == {"train/loss", "train/images_per_s"}
 
     # A clean log: progress with the run's time left, no deprecation or missing-tqdm notes.
     out = capfd.readouterr()

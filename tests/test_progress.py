@@ -146,3 +146,34 @@ def test_train_progress_lines_and_events_come_from_rank_0_only(tmp_path, capsys)
     assert lines[1].endswith(" left") and "images/s" in lines[1]
     steps = [step for step, _ in read_scalars(tmp_path / "tb")["train/loss"]]
     assert steps == [5064, 5128]
+
+
+def test_tensorboard_itself_reads_the_events(tmp_path):
+    """What `tensorboard --logdir RUN` loads, read by TensorBoard's own reader: the train
+    steps (images) and the evaluation steps (iterations) in folders of their own, since
+    TensorBoard drops a folder's points above a step it meets again later."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    from sfbd.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    png = tmp_path / "g.png"
+    Image.fromarray(np.full((6, 4, 3), 200, np.uint8)).save(png)
+    for name, steps in (("pretrain", (64, 128)), ("refit_001", (192, 256))):
+        log = EventLog(run.tensorboard_train, name)
+        for step in steps:
+            log.scalar("train/loss", step / 100, step)
+        log.close()
+    log = EventLog(run.tensorboard_eval, "orchestrator")
+    for k in (0, 1):
+        log.scalars({"swd_test": 0.25 / (k + 1)}, k, "eval")
+        assert log.image_file("grids/samples", Location.of(png), k)
+    log.close()
+    tb = EventMultiplexer().AddRunsFromDirectory(str(run.tensorboard)).Reload()
+    assert sorted(tb.Runs()) == ["eval", "train"]
+    loss = [(e.step, round(e.value, 5)) for e in tb.Scalars("train", "train/loss")]
+    assert loss == [(64, 0.64), (128, 1.28), (192, 1.92), (256, 2.56)]
+    swd = [(e.step, e.value) for e in tb.Scalars("eval", "eval/swd_test")]
+    assert swd == [(0, 0.25), (1, 0.125)]
+    images = tb.Images("eval", "grids/samples")
+    assert [(i.step, i.width, i.height) for i in images] == [(0, 4, 6), (1, 4, 6)]
