@@ -10,6 +10,8 @@ import io
 import json
 import math
 
+import numpy as np
+
 from sfbd.config import SFBDConfig
 from sfbd.storage import Location
 from sfbd.sweep_space import SEED_KEYS, SearchSpace, format_value, short_names
@@ -105,10 +107,13 @@ def best_summary(rows: list[dict], space: SearchSpace) -> dict:
         point, members = min(
             groups.items(), key=lambda kv: sum(r["final_metric"] for r in kv[1]) / len(kv[1])
         )
+        values = np.array([r["final_metric"] for r in members], dtype=np.float64)
         summary["best_mean_over_seeds"] = {
             "overrides": dict(zip(keys, point, strict=True)),
             "metric_name": top["metric_name"],
-            "metric_mean": sum(r["final_metric"] for r in members) / len(members),
+            "metric_mean": float(values.mean()),
+            # the spread across seeds (sample standard deviation; null for one seed)
+            "metric_std": float(values.std(ddof=1)) if len(values) > 1 else None,
             "seeds": sorted(r["seed"] for r in members),
         }
     return summary

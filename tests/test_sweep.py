@@ -297,6 +297,7 @@ def test_best_json_and_heatmap_from_result_rows(tmp_path):
     assert summary["best"]["set"] == ["train.lr=0.001", "seed=1", "data.seed=1"]
     mean = summary["best_mean_over_seeds"]
     assert mean["overrides"] == {"train.lr": 2e-3} and mean["metric_mean"] == pytest.approx(0.175)
+    assert mean["metric_std"] == pytest.approx(0.05 / 2**0.5)  # 0.15 and 0.2, ddof 1
     assert mean["seeds"] == [0, 1]
     assert heatmap(rows, space.keys(), Location.of(tmp_path / "h.png"))
     assert (tmp_path / "h.png").read_bytes().startswith(b"\x89PNG")
