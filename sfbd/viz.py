@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -14,6 +15,15 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     """[N, C, H, W] in [-1, 1] -> [N, H, W, C] uint8."""
     x = np.clip((np.asarray(images, dtype=np.float32) + 1) * 127.5, 0, 255).round()
     return x.astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def save_png_folder(images: np.ndarray, folder: Path) -> int:
+    """One 8-bit PNG per image (`000000.png`, ...), the form EDM's `fid.py`, clean-fid and
+    torch-fidelity score as it is; grayscale stays one channel. Returns the count."""
+    pics = to_uint8(images)
+    for i, pic in enumerate(pics):
+        Image.fromarray(pic[..., 0] if pic.shape[-1] == 1 else pic).save(folder / f"{i:06d}.png")
+    return len(pics)
 
 
 def save_grid(images: np.ndarray, path: Where, columns: int, pad: int = 2) -> None:

@@ -42,6 +42,10 @@ def test_toy_sfbd_beats_pretraining_and_noisy_training(ray_cluster, tmp_path):
     assert swd[-1] < swd[0]
     assert swd[-1] < noisy
     assert (run / "grids" / "iter_002_points.png").is_file()
+    # A model of 2-D points cannot be written as images.
+    args = ["sample", "--checkpoint", str(run / "checkpoints" / "iter_002.pt"), "--num", "2"]
+    assert main([*args, "--format", "png", "--out", str(tmp_path / "p")]) == 2
+    assert not (tmp_path / "p").exists()
     # A finished run returns at once and changes nothing.
     before = (run / "state.json").read_text()
     t0 = time.time()
@@ -190,6 +194,21 @@ def test_tiny_image_run(ray_cluster, tmp_path, tiny_images, capfd):
     images = np.load(out)["images"]
     assert images.shape == (5, 1, 16, 16) and images.dtype == np.float32
     assert images.min() >= -1 and images.max() <= 1
+
+    # The same samples as a folder of 8-bit PNGs, for FID tools; never into a used folder.
+    from PIL import Image
+
+    pngs = tmp_path / "pngs"
+    args = ["sample", "--checkpoint", str(run / "checkpoints" / "iter_001.pt"), "--num", "5"]
+    args += ["--steps", "3", "--format", "png", "--out", str(pngs)]
+    assert main(args) == 0
+    assert sorted(p.name for p in pngs.iterdir()) == [f"{i:06d}.png" for i in range(5)]
+    first = np.asarray(Image.open(pngs / "000000.png"))
+    assert first.dtype == np.uint8 and first.shape == (16, 16)
+    expected = np.clip((images[0, 0] + 1) * 127.5, 0, 255).round()
+    assert np.array_equal(first, expected.astype(np.uint8))
+    assert main(args) == 2
+    assert "--out: " in capfd.readouterr().err
 
 
 @pytest.mark.parametrize(
