@@ -147,6 +147,7 @@ def test_tiny_image_run(ray_cluster, tmp_path, tiny_images, capfd):
     assert rows[1]["denoised"]["count"] == 360 and "denoise" in rows[1]["seconds"]
     assert all(r["metric"] == "fd" and "features.pt" in r["feature_net"] for r in rows)
     assert all(r["fd"] >= 0 for r in rows)
+    assert all(r["kid_std"] > 0 and np.isfinite(r["kid"]) for r in rows)  # KID beside fd
     assert set(rows[1]["memorization"]) == {"threshold", "clean", "denoised"}
     assert (run / "metrics.png").is_file() and (run / "grids" / "iter_001_closest.png").is_file()
 

@@ -129,3 +129,28 @@ def test_classifier_job_exports_a_feature_net(tmp_path):
     d_noisy = frechet_distance(*ref, *feature_stats(extract_features(fn, noisy)))
     print(f"classifier features: FD clean {d_clean:.2f}, noisy (tau 0.59) {d_noisy:.2f}")
     assert d_noisy > 10 * d_clean
+
+
+def test_kid_matches_a_direct_computation_and_separates_shifted_sets():
+    from sfbd.metrics.kid import kernel_inception_distance
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 5)), rng.normal(size=(30, 5)) + 0.5
+    # One subset of all rows: the textbook unbiased MMD^2, written out pair by pair.
+    k = lambda a, b: (a @ b / 5 + 1) ** 3  # noqa: E731
+    m = len(x)
+    kxx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    kyy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    kxy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / m**2
+    mean, std = kernel_inception_distance(x, y, subsets=1, subset_size=m)
+    assert mean == pytest.approx(kxx + kyy - 2 * kxy, rel=1e-12) and std == 0
+
+    # Unbiased: two samples of one distribution average to 0 within the spread; a shifted
+    # set lies far above it.
+    a, b = rng.normal(size=(400, 8)), rng.normal(size=(400, 8))
+    same, same_std = kernel_inception_distance(a, b, subsets=50, subset_size=200)
+    shifted, _ = kernel_inception_distance(a, b + 0.3, subsets=50, subset_size=200)
+    assert abs(same) < same_std  # the subsets overlap: their mean spreads less than one
+    assert shifted > same + 10 * same_std
+    with pytest.raises(ValueError, match="KID: features of shapes"):
+        kernel_inception_distance(a, b[:, :4])

@@ -83,10 +83,15 @@ def inception_feature_fn(model: pf_inception.InceptionV3):
     return fn
 
 
-def reference_stats(
+KID_REFERENCE_MAX = 10_000  # reference features kept for KID (a seeded subset beyond that)
+
+
+def reference_features(
     images: np.ndarray, feature_fn, cache_dir, key: str, batch_size: int = 200
-) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of a reference image set, computed once and cached as `<key>-<hash>.npz`."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mu, sigma, kid_features) of a reference image set, computed once and cached as
+    `<key>-<N>-<hash>.npz`: the Gaussian fit of all its features (FID, Frechet distance) and
+    up to `KID_REFERENCE_MAX` of the features themselves (KID's subsets are drawn from them)."""
     digest = hashlib.sha256(
         np.ascontiguousarray(images[:: max(1, len(images) // 64)]).tobytes()
     ).hexdigest()[:16]
@@ -98,13 +103,27 @@ def reference_stats(
 
         what = f"FID: cached reference statistics {path} (delete it to recompute)"
         with open_npz(path.read_bytes(), what) as z:
-            return z["mu"], z["sigma"]
-    mu, sigma = feature_stats(extract_features(feature_fn, images, batch_size))
+            mu, sigma = z["mu"], z["sigma"]
+            if "kid_features" in z:  # caches written before KID lack them: recomputed
+                return mu, sigma, z["kid_features"]
+    features = extract_features(feature_fn, images, batch_size)
+    mu, sigma = feature_stats(features)
+    if len(features) > KID_REFERENCE_MAX:
+        keep = np.random.default_rng(0).choice(len(features), KID_REFERENCE_MAX, replace=False)
+        features = features[np.sort(keep)]
+    kid_features = features.astype(np.float32)
     if path is not None:
         buffer = io.BytesIO()
-        np.savez(buffer, mu=mu, sigma=sigma)
+        np.savez(buffer, mu=mu, sigma=sigma, kid_features=kid_features)
         path.write_bytes(buffer.getvalue())
-    return mu, sigma
+    return mu, sigma, kid_features
+
+
+def reference_stats(
+    images: np.ndarray, feature_fn, cache_dir, key: str, batch_size: int = 200
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of a reference image set (cached: `reference_features`)."""
+    return reference_features(images, feature_fn, cache_dir, key, batch_size)[:2]
 
 
 def load_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

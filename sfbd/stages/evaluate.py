@@ -206,22 +206,33 @@ def distance(
         from sfbd.metrics.frechet import load_feature_net
 
         fn, net = load_feature_net(config.feature_net, device), _file_tag(config.feature_net)
+    ref_features = None  # a statistics file holds no features: no KID then
     if config.reference_stats:
         from sfbd.metrics.fid import load_stats
 
         mu_r, sigma_r = load_stats(config.reference_stats)
     else:
-        from sfbd.metrics.fid import reference_stats
+        from sfbd.metrics.fid import reference_features
 
         key = f"{config.metric}-{net.split(' ')[0]}-{config.reference.split(':')[0]}"
-        mu_r, sigma_r = reference_stats(reference_items(data_dir, config), fn, cache_dir, key)
-    mu, sigma = feature_stats(extract_features(fn, samples, device=device))
-    return {
+        mu_r, sigma_r, ref_features = reference_features(
+            reference_items(data_dir, config), fn, cache_dir, key
+        )
+    features = extract_features(fn, samples, device=device)
+    mu, sigma = feature_stats(features)
+    record = {
         "metric": config.metric,
         config.metric: frechet_distance(mu, sigma, mu_r, sigma_r),
         "feature_net": net,
         "num_samples": len(samples),
     }
+    if ref_features is not None:
+        from sfbd.metrics.kid import kernel_inception_distance
+
+        record["kid"], record["kid_std"] = kernel_inception_distance(
+            features, ref_features, seed=config.seed
+        )
+    return record
 
 
 def compute_metrics(
