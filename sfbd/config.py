@@ -47,6 +47,9 @@ class EvalConfig:
     """Evaluation after pretraining and after every iteration."""
 
     num_samples: int = 1000
+    # Evaluations per stage, each on its own num_samples (seed set s: sample ids s*N..(s+1)*N-1);
+    # the row's metric is their mean, beside their min and each value (EDM reports the min of 3).
+    seeds: int = 1
     steps: int = 18
     batch_size: int = 500
     grid: int = 8  # side of the sample grid (grid x grid images)
@@ -92,6 +95,7 @@ class SFBDConfig:
             "denoise.batch_size": self.denoise.batch_size,
             "denoise.cpus_per_actor": self.denoise.cpus_per_actor,
             "eval.num_samples": self.eval.num_samples,
+            "eval.seeds": self.eval.seeds,
             "eval.steps": self.eval.steps,
             "eval.batch_size": self.eval.batch_size,
             "eval.projections": self.eval.projections,

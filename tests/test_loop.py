@@ -111,6 +111,7 @@ def test_tiny_image_run(ray_cluster, tmp_path, tiny_images, capfd):
         "denoise.steps=3",
         "denoise.batch_size=50",
         "eval.num_samples=16",
+        "eval.seeds=2",
         "eval.steps=4",
         "eval.grid=4",
         "eval.reference=clean",
@@ -147,6 +148,10 @@ def test_tiny_image_run(ray_cluster, tmp_path, tiny_images, capfd):
     assert rows[1]["denoised"]["count"] == 360 and "denoise" in rows[1]["seconds"]
     assert all(r["metric"] == "fd" and "features.pt" in r["feature_net"] for r in rows)
     assert all(r["fd"] >= 0 for r in rows)
+    for r in rows:  # two seed sets of 16 samples: the metric is their mean
+        assert len(r["fd_per_seed"]) == 2 and r["fd_min"] == min(r["fd_per_seed"])
+        assert r["fd"] == pytest.approx(sum(r["fd_per_seed"]) / 2)
+        assert r["fd_per_seed"][0] != r["fd_per_seed"][1] and r["num_samples"] == 16
     assert all(r["kid_std"] > 0 and np.isfinite(r["kid"]) for r in rows)  # KID beside fd
     assert set(rows[1]["memorization"]) == {"threshold", "clean", "denoised"}
     assert (run / "metrics.png").is_file() and (run / "grids" / "iter_001_closest.png").is_file()

@@ -110,8 +110,8 @@ def resources(config: EvalConfig, cluster: dict) -> dict:
 def generate_with_ray(
     checkpoint: Where, config: EvalConfig, name: str = "generate", log=None
 ) -> np.ndarray:
-    """`config.num_samples` samples through Ray Data, ordered by sample id; with `log`, a
-    progress line (samples, rate, time left) every 10 s while they come in."""
+    """`config.num_samples * config.seeds` samples through Ray Data, ordered by sample id;
+    with `log`, a progress line (samples, rate, time left) every 10 s while they come in."""
     import ray
     from ray.data import ExecutionResources
 
@@ -120,7 +120,8 @@ def generate_with_ray(
     size, res = pool(config, ray.cluster_resources())
     # Ids from the object store, one block per batch (no read or metadata tasks that would
     # compete for CPUs with the actors).
-    ids = np.arange(config.num_samples)
+    total = config.num_samples * config.seeds
+    ids = np.arange(total)
     blocks = [
         pa.table({"data": ids[s : s + config.batch_size]})
         for s in range(0, len(ids), config.batch_size)
@@ -149,7 +150,7 @@ def generate_with_ray(
     def counted() -> int:
         return sum(len(i) for i in got_ids)
 
-    with Ticker(name, counted, config.num_samples, "samples", log or (lambda _: None)):
+    with Ticker(name, counted, total, "samples", log or (lambda _: None)):
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             got_ids.append(batch["id"])
             got_x.append(batch["x"])
@@ -235,6 +236,29 @@ def distance(
     return record
 
 
+def distance_over_seeds(
+    samples: np.ndarray, data_dir: Where, config: EvalConfig, cache_dir: Where | None
+) -> dict:
+    """`distance` of each seed set (`config.seeds` consecutive blocks of `num_samples`); with
+    more than one, every number of the record is their mean, and the metric also gets its
+    minimum and per-seed values."""
+    n = config.num_samples
+    records = [
+        distance(samples[s * n : (s + 1) * n], data_dir, config, cache_dir)
+        for s in range(config.seeds)
+    ]
+    record = dict(records[0])
+    if len(records) > 1:
+        for key, value in records[0].items():
+            if isinstance(value, float):
+                record[key] = float(np.mean([r[key] for r in records]))
+        name = record["metric"]
+        values = [r[name] for r in records]
+        record[f"{name}_min"], record[f"{name}_per_seed"] = min(values), values
+        record["seeds"] = len(records)
+    return record
+
+
 def compute_metrics(
     run: Where,
     prefix: str,
@@ -250,7 +274,8 @@ def compute_metrics(
     if threads > 0:
         torch.set_num_threads(threads)
     shape = tuple(read_manifest(data_dir)["item_shape"])
-    record = distance(samples, data_dir, config, run.cache)
+    record = distance_over_seeds(samples, data_dir, config, run.cache)
+    samples = samples[: config.num_samples]  # seed set 0: memorization and pictures
     record["samples_mean"] = float(samples.mean())
     record["samples_std"] = float(samples.std())
     denoised = None
