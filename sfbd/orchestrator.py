@@ -19,6 +19,9 @@ from sfbd.stages.refit import TrainJob, TrainSet
 from sfbd.storage import Location, Where
 from sfbd.telemetry import RunMetrics
 
+# Share of the pretrained model's samples that copy a clean item above which the log warns.
+MEMORIZED_WARNING = 0.1
+
 
 def quiet_ray_data_progress(interactive: bool) -> None:
     """Ray Data's progress bars only in a terminal. In a log (`ray job logs`, a file, a Tune
@@ -128,6 +131,7 @@ class Orchestrator:
             self.run.denoised(k) if k > 0 else None,
             name=stage.key,
             log=self._log,
+            previous_denoised_dir=self.run.denoised(k - 1) if k > 1 else None,
         )
         row = {"iteration": k, **record}
         if k == 0:
@@ -145,6 +149,14 @@ class Orchestrator:
         self.metrics.evaluated(metric, row[metric])
         save_metric_plot(self.run.read_metrics(), metric, self.run.metrics_plot)
         self._log(f"evaluate {k:03d}: {metric} = {row[metric]:.4f}")
+        copies = row.get("memorization", {}).get("clean", {}).get("fraction_copies", 0.0)
+        if k == 0 and copies > MEMORIZED_WARNING:
+            self._log(
+                f"warning: {copies:.0%} of the pretrained model's samples copy a clean item "
+                f"(eval.memorization_threshold); a memorising initial model makes the backward "
+                f"pass snap noisy items onto the clean set, which SFBD cannot undo: pretrain "
+                f"shorter or with augmentation"
+            )
         return {"metric": metric, metric: row[metric]}
 
     def _write_events(self, row: dict) -> None:

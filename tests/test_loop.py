@@ -41,10 +41,13 @@ def test_toy_sfbd_beats_pretraining_and_noisy_training(ray_cluster, tmp_path):
     )
     assert swd[-1] < swd[0]
     assert swd[-1] < noisy
+    # The fixed-point residual RMS(E_2 - E_1), the label-free sign of convergence.
+    assert "residual_rms" not in metrics[1].get("denoised_check", {})
+    assert 0 < metrics[2]["denoised_check"]["residual_rms"] < 1
     assert (run / "grids" / "iter_002_points.png").is_file()
     # A model of 2-D points cannot be written as images.
-    args = ["sample", "--checkpoint", str(run / "checkpoints" / "iter_002.pt"), "--num", "2"]
-    assert main([*args, "--format", "png", "--out", str(tmp_path / "p")]) == 2
+    sample = ["sample", "--checkpoint", str(run / "checkpoints" / "iter_002.pt"), "--num", "2"]
+    assert main([*sample, "--format", "png", "--out", str(tmp_path / "p")]) == 2
     assert not (tmp_path / "p").exists()
     # A finished run returns at once and changes nothing.
     before = (run / "state.json").read_text()
@@ -153,6 +156,8 @@ def test_tiny_image_run(ray_cluster, tmp_path, tiny_images, capfd):
         assert r["fd"] == pytest.approx(sum(r["fd_per_seed"]) / 2)
         assert r["fd_per_seed"][0] != r["fd_per_seed"][1] and r["num_samples"] == 16
     assert all(r["kid_std"] > 0 and np.isfinite(r["kid"]) for r in rows)  # KID beside fd
+    check = rows[1]["denoised_check"]  # iteration 1: no E_0 to compare with
+    assert "residual_rms" not in check and 0 <= check["fraction_near_clean"] <= 1
     assert set(rows[1]["memorization"]) == {"threshold", "clean", "denoised"}
     assert (run / "metrics.png").is_file() and (run / "grids" / "iter_001_closest.png").is_file()
 

@@ -154,3 +154,18 @@ def test_kid_matches_a_direct_computation_and_separates_shifted_sets():
     assert shifted > same + 10 * same_std
     with pytest.raises(ValueError, match="KID: features of shapes"):
         kernel_inception_distance(a, b[:, :4])
+
+
+def test_denoised_diagnostics_residual_and_collapse_share():
+    from sfbd.stages.evaluate import denoised_diagnostics
+
+    rng = np.random.default_rng(0)
+    denoised = rng.uniform(-1, 1, (40, 1, 4, 4)).astype(np.float32)
+    previous = denoised + 0.1  # every element moved by 0.1 since the last iteration
+    clean = np.concatenate([denoised[:10], rng.uniform(-1, 1, (5, 1, 4, 4))])  # 10 copies
+    out = denoised_diagnostics(denoised, previous, clean.astype(np.float32), threshold=0.05)
+    assert out["residual_rms"] == pytest.approx(0.1, rel=1e-5)
+    assert out["fraction_near_clean"] == 10 / 40
+    assert out["median_distance_to_clean"] > 0.05
+    # The first iteration has no E_{k-1}; without a threshold there is no collapse share.
+    assert denoised_diagnostics(denoised, None, clean, None) == {}

@@ -29,7 +29,7 @@ from sfbd.data.store import read_manifest, read_split, shard_paths, table_items
 from sfbd.diffusion.networks import NetworkConfig
 from sfbd.diffusion.samplers import generate
 from sfbd.metrics.distances import sliced_wasserstein
-from sfbd.metrics.memorization import memorization_report
+from sfbd.metrics.memorization import memorization_report, nearest_neighbours
 from sfbd.progress import Ticker
 from sfbd.rundir import RunDir
 from sfbd.runfiles import Where, load_denoiser_at, read_parquet
@@ -259,6 +259,27 @@ def distance_over_seeds(
     return record
 
 
+def denoised_diagnostics(
+    denoised: np.ndarray,
+    previous: np.ndarray | None,
+    clean: np.ndarray,
+    threshold: float | None,
+) -> dict:
+    """What the denoised set E_k says without clean originals (the noisy set's are never at
+    hand): `residual_rms`, the RMS per element of E_k - E_{k-1} over all items (Algorithm 1
+    iterates towards a fixed point, so it should shrink with k); `fraction_near_clean`, the
+    share of denoised items within `threshold` (RMS per element) of a clean item, a collapse
+    check: a backward pass that snaps noisy items onto the clean set drives it towards 1."""
+    out: dict = {}
+    if previous is not None:
+        out["residual_rms"] = float(np.sqrt(np.mean((denoised - previous) ** 2)))
+    if threshold is not None:
+        nn = nearest_neighbours(denoised, clean)
+        out["fraction_near_clean"] = nn.fraction_below(threshold)
+        out["median_distance_to_clean"] = float(np.median(nn.distance))
+    return out
+
+
 def compute_metrics(
     run: Where,
     prefix: str,
@@ -266,9 +287,11 @@ def compute_metrics(
     samples: np.ndarray,
     config: EvalConfig,
     denoised_dir: Where | None = None,
+    previous_denoised_dir: Where | None = None,
 ) -> dict:
     """Distance, memorization and pictures (`grids/<prefix>_*.png` of the run directory `run`)
-    for one set of generated samples."""
+    for one set of generated samples; with the iteration's denoised set, its label-free
+    diagnostics (`denoised_diagnostics`)."""
     run = RunDir(run)
     threads = config.threads
     if threads > 0:
@@ -283,6 +306,15 @@ def compute_metrics(
         from sfbd.stages.denoise import read_denoised
 
         d_ids, denoised = read_denoised(denoised_dir, shape)
+        previous = None
+        if previous_denoised_dir is not None:
+            p_ids, previous = read_denoised(previous_denoised_dir, shape)
+            if not np.array_equal(p_ids, d_ids):
+                raise ValueError(f"denoise: {previous_denoised_dir} holds other ids")
+        clean = read_split(data_dir, "clean")[1]
+        record["denoised_check"] = denoised_diagnostics(
+            denoised, previous, clean, config.memorization_threshold
+        )
 
     if config.memorization_threshold is not None:
         clean = read_split(data_dir, "clean")[1]
@@ -331,6 +363,7 @@ def evaluate_on_ray(
     denoised_dir: Where | None = None,
     name: str = "evaluate",
     log=None,
+    previous_denoised_dir: Where | None = None,
 ) -> dict:
     """The evaluate stage: samples through Ray Data (dataset `generate...` on the dashboard),
     then `compute_metrics` as a Ray task `name`, on a GPU when the cluster has one. `log`
@@ -350,5 +383,6 @@ def evaluate_on_ray(
             samples,
             config,
             str(denoised_dir) if denoised_dir is not None else None,
+            str(previous_denoised_dir) if previous_denoised_dir is not None else None,
         )
     )
