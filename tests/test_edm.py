@@ -68,12 +68,12 @@ def test_loss_is_per_sample_and_falls_with_training():
     assert per_sample.shape == (64,)
     before = eval_loss()
     opt = torch.optim.Adam(d.parameters(), lr=2e-3)
-    for _ in range(300):
+    for _ in range(100):  # the loss ratio is ~0.11 by then (0.05 at 300 steps)
         opt.zero_grad()
         loss_fn(d, data).mean().backward()
         opt.step()
     after = eval_loss()
-    print(f"EDM loss on the stripes: {before:.3f} -> {after:.3f} after 300 steps")
+    print(f"EDM loss on the stripes: {before:.3f} -> {after:.3f} after 100 steps")
     assert after < 0.7 * before
 
 

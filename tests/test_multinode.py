@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # that arithmetic does not depend on how many cores a node offers.
 SETTINGS = [
     "iterations=1",
-    "train.pretrain_kimg=16",
-    "train.refit_kimg=8",
-    "train.checkpoint_kimg=8",
-    "train.log_kimg=8",
+    "train.pretrain_kimg=8",
+    "train.refit_kimg=4",
+    "train.checkpoint_kimg=4",
+    "train.log_kimg=4",
     "train.num_workers=2",
     "train.threads=1",
     "denoise.num_actors=2",
