@@ -44,17 +44,17 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.format == "png" and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out: {out} exists; --format png writes a new folder")
-    from sfbd.runfiles import load_denoiser_at
-    from sfbd.stages.evaluate import generate_samples, item_shape
+    from sfbd.stages.evaluate import generate_samples, load_for_sampling
 
-    shape = item_shape(load_denoiser_at(Path(args.checkpoint))[1])
+    loaded = load_for_sampling(Path(args.checkpoint))
+    shape = loaded[1]
     if args.format == "png" and len(shape) != 3:
         raise ValueError(
             f"--format png: {args.checkpoint} models vectors of shape {shape}, not images; "
             "use --format npz"
         )
     images = generate_samples(
-        Path(args.checkpoint), args.num, args.steps, args.seed, args.batch_size
+        Path(args.checkpoint), args.num, args.steps, args.seed, args.batch_size, loaded
     )
     if args.format == "png":
         return _write_png_folder(images, out)

@@ -53,13 +53,19 @@ def sample_batch(
     return (x.clamp(-1, 1) if len(shape) == 3 else x).cpu().numpy()
 
 
-def generate_samples(
-    checkpoint: Where, num: int, steps: int, seed: int, batch_size: int = 500
-) -> np.ndarray:
-    """`num` samples from a checkpoint's denoiser in this process."""
+def load_for_sampling(checkpoint: Where) -> tuple:
+    """(denoiser, item shape, device) of a checkpoint, on the GPU when there is one."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     denoiser, net_cfg, _ = load_denoiser_at(checkpoint, map_location=device)
-    shape = item_shape(net_cfg)
+    return denoiser, item_shape(net_cfg), device
+
+
+def generate_samples(
+    checkpoint: Where, num: int, steps: int, seed: int, batch_size: int = 500, loaded=None
+) -> np.ndarray:
+    """`num` samples from a checkpoint's denoiser in this process (`loaded`: what
+    `load_for_sampling` returned for it, when the caller already has it)."""
+    denoiser, shape, device = loaded or load_for_sampling(checkpoint)
     return np.concatenate(
         [
             sample_batch(
@@ -306,18 +312,19 @@ def compute_metrics(
         from sfbd.stages.denoise import read_denoised
 
         d_ids, denoised = read_denoised(denoised_dir, shape)
+        clean = read_split(data_dir, "clean")[1]
         previous = None
         if previous_denoised_dir is not None:
             p_ids, previous = read_denoised(previous_denoised_dir, shape)
             if not np.array_equal(p_ids, d_ids):
                 raise ValueError(f"denoise: {previous_denoised_dir} holds other ids")
-        clean = read_split(data_dir, "clean")[1]
         record["denoised_check"] = denoised_diagnostics(
             denoised, previous, clean, config.memorization_threshold
         )
 
     if config.memorization_threshold is not None:
-        clean = read_split(data_dir, "clean")[1]
+        if denoised is None:
+            clean = read_split(data_dir, "clean")[1]
         sets = {"clean": clean} if denoised is None else {"clean": clean, "denoised": denoised}
         record["memorization"], found = memorization_report(
             samples, sets, config.memorization_threshold
