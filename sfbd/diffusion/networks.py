@@ -68,6 +68,9 @@ class NetworkConfig:
     sigma_data: float = 0.5
     dropout: float | None = None  # None: the preset's value
     overrides: dict = field(default_factory=dict)  # e.g. {"model_channels": 32}
+    # Length of the augmentation labels the UNet is conditioned on (sfbd.diffusion.augment);
+    # 0: none (checkpoints written before this key existed load as 0).
+    augment_dim: int = 0
 
     def shape(self) -> UNetShape | MLPShape:
         if self.preset not in PRESETS:
@@ -90,6 +93,11 @@ class NetworkConfig:
 
     def validate(self) -> None:
         shape = self.shape()
+        if self.augment_dim < 0 or (self.augment_dim and isinstance(shape, MLPShape)):
+            raise ValueError(
+                f"network.augment_dim: {self.augment_dim} not allowed; use 0 "
+                f"(or > 0 for a UNet preset, not mlp)"
+            )
         if isinstance(shape, UNetShape):
             if self.channels not in (1, 3):
                 raise ValueError(f"network.channels: {self.channels} not allowed; use 1 or 3")
@@ -197,9 +205,11 @@ class UNetBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """DDPM++/NCSN++-style UNet F(x, c_noise) (EDM's `SongUNet` structure)."""
+    """DDPM++/NCSN++-style UNet F(x, c_noise) (EDM's `SongUNet` structure); with
+    `augment_dim` > 0 also F(x, c_noise, augment_labels), the labels mapped into the noise
+    embedding as in EDM (non-leaking augmentation, `sfbd.diffusion.augment`)."""
 
-    def __init__(self, channels: int, resolution: int, shape: UNetShape):
+    def __init__(self, channels: int, resolution: int, shape: UNetShape, augment_dim: int = 0):
         super().__init__()
         mc = shape.model_channels
         emb = mc * 4
@@ -243,9 +253,22 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(cout, channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        # Created last, so that the other layers draw the same initial weights as without it;
+        # bias-free, so that zero labels add exactly nothing.
+        self.map_augment = nn.Linear(augment_dim, mc, bias=False) if augment_dim else None
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-        emb = F.silu(self.map1(F.silu(self.map0(self.embed(c_noise)))))
+    def forward(
+        self, x: torch.Tensor, c_noise: torch.Tensor, augment_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        emb = self.embed(c_noise)
+        if self.map_augment is not None:
+            # None is zero labels; the map still runs, so that DDP sees its weight used.
+            if augment_labels is None:
+                augment_labels = emb.new_zeros(emb.shape[0], self.map_augment.in_features)
+            emb = emb + self.map_augment(augment_labels.to(emb.dtype))
+        elif augment_labels is not None:
+            raise ValueError("augment_labels given to a network built with augment_dim = 0")
+        emb = F.silu(self.map1(F.silu(self.map0(emb))))
         h = self.conv_in(x)
         skips = [h]
         for block in self.enc:
@@ -296,7 +319,7 @@ def build_denoiser(config: NetworkConfig) -> EDMPrecond:
     if isinstance(shape, MLPShape):
         net: nn.Module = MLP(config.channels, shape)
     else:
-        net = UNet(config.channels, config.resolution, shape)
+        net = UNet(config.channels, config.resolution, shape, config.augment_dim)
     return EDMPrecond(net, sigma_data=config.sigma_data)
 
 

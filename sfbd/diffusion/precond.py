@@ -16,6 +16,8 @@ class EDMPrecond(nn.Module):
 
     `net` is the raw network F(x, c_noise) -> tensor of the shape of x. The wrapper is the
     denoiser of the project's contract: `D(x, sigma) -> x0_hat` with `sigma` of shape `[B]`.
+    Training with augmentation also passes `augment_labels` `[B, augment_dim]`, which `net`
+    then takes as a third argument; None (every sampler) means zero labels: no augmentation.
     """
 
     def __init__(self, net: nn.Module, sigma_data: float = 0.5):
@@ -23,7 +25,9 @@ class EDMPrecond(nn.Module):
         self.net = net
         self.sigma_data = sigma_data
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor, augment_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         sigma = sigma.to(torch.float32).reshape(-1).expand(x.shape[0])
         s = append_dims(sigma, x.ndim)
         sd2 = self.sigma_data**2
@@ -31,6 +35,9 @@ class EDMPrecond(nn.Module):
         c_out = s * self.sigma_data / (s**2 + sd2).sqrt()
         c_in = 1 / (sd2 + s**2).sqrt()
         c_noise = sigma.log() / 4
-        F_x = self.net((c_in * x).to(torch.float32), c_noise)
+        if augment_labels is None:
+            F_x = self.net((c_in * x).to(torch.float32), c_noise)
+        else:
+            F_x = self.net((c_in * x).to(torch.float32), c_noise, augment_labels)
         D_x = c_skip * x + c_out * F_x.to(torch.float32)
         return D_x

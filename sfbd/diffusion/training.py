@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sfbd.diffusion.augment import AugmentPipe
 from sfbd.diffusion.ema import EMA, ema_beta
 from sfbd.diffusion.loss import EDMLoss
 from sfbd.diffusion.networks import EDMPrecond, NetworkConfig, build_denoiser
@@ -37,8 +38,17 @@ class TrainConfig:
     threads: int = 0  # torch threads per worker; 0: Ray's default (OMP_NUM_THREADS)
     max_failures: int = 3
     grad_clip: float = 0.0  # max global gradient norm per step; 0: no clipping (EDM)
+    # Probability of each geometric augmentation per image (sfbd.diffusion.augment); 0: none.
+    augment: float = 0.0
     P_mean: float = -1.2
     P_std: float = 1.2
+
+
+def train_loss(train: TrainConfig, network: NetworkConfig) -> EDMLoss:
+    """The EDM loss of a train stage, with the augmentation pipe when `train.augment` > 0
+    (none at 0, so that the step's random stream is that of a run without augmentation)."""
+    pipe = AugmentPipe(train.augment) if train.augment > 0 else None
+    return EDMLoss(train.P_mean, train.P_std, network.sigma_data, augment_pipe=pipe)
 
 
 def step_seed(seed: int, stage: str, rank: int, step: int) -> int:

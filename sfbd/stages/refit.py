@@ -30,9 +30,15 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from sfbd.data.store import table_items
-from sfbd.diffusion.loss import EDMLoss
 from sfbd.diffusion.networks import NetworkConfig, build_denoiser
-from sfbd.diffusion.training import TrainConfig, TrainState, draw_batch, set_weights, train_step
+from sfbd.diffusion.training import (
+    TrainConfig,
+    TrainState,
+    draw_batch,
+    set_weights,
+    train_loss,
+    train_step,
+)
 from sfbd.runfiles import Where, load_denoiser_at, parquet_files, read_parquet, save_denoiser_at
 from sfbd.safeload import torch_load
 from sfbd.storage import Location
@@ -267,7 +273,7 @@ def train_loop_per_worker(config: dict) -> None:
     items = [s.load(job.item_shape) for s in job.sets]
     weights = set_weights([len(x) for x in items], [s.weight for s in job.sets])
     sets = [torch.from_numpy(x).to(device) for x in items]
-    loss_fn = EDMLoss(P_mean=train.P_mean, P_std=train.P_std, sigma_data=job.network.sigma_data)
+    loss_fn = train_loss(train, job.network)
     bf16 = train.bf16 and device.type == "cuda"  # autocast; weights and Adam stay float32
     reporter = Reporter(job, rank, state, resume["images_seen"] if resume else None)
     reporter.set_sizes = [len(x) for x in items]

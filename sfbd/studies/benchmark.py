@@ -63,10 +63,16 @@ from sfbd.config import DenoiseConfig
 from sfbd.data.prepare import DATA_FORMAT
 from sfbd.data.split import observe
 from sfbd.data.store import read_manifest, read_split, write_manifest, write_shards
-from sfbd.diffusion.loss import EDMLoss
 from sfbd.diffusion.networks import PRESETS, NetworkConfig, build_denoiser, count_parameters
 from sfbd.diffusion.samplers import CountingDenoiser, backward_denoise, network_evaluations
-from sfbd.diffusion.training import TrainConfig, TrainState, draw_batch, set_weights, train_step
+from sfbd.diffusion.training import (
+    TrainConfig,
+    TrainState,
+    draw_batch,
+    set_weights,
+    train_loss,
+    train_step,
+)
 from sfbd.runfiles import load_denoiser_at, save_denoiser_at
 from sfbd.stages.denoise import DenoiseBatch, run_denoise
 from sfbd.stages.evaluate import item_shape
@@ -276,7 +282,7 @@ def plain_train(job: TrainJob, steps: int) -> dict:
     items = [s.load(job.item_shape) for s in job.sets]
     weights = set_weights([len(x) for x in items], [s.weight for s in job.sets])
     sets = [torch.from_numpy(x).to(device) for x in items]
-    loss_fn = EDMLoss(P_mean=train.P_mean, P_std=train.P_std, sigma_data=job.network.sigma_data)
+    loss_fn = train_loss(train, job.network)
     bf16 = train.bf16 and device.type == "cuda"
     calls, losses = [], []
     for step in range(steps):
