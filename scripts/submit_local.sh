@@ -31,7 +31,8 @@ if [ "$bare" = 1 ]; then
     run_dir="$SFBD_STORAGE/fashion-mnist-cpu"
     job=(python jobs/sfbd.py --set iterations=1 --set data.limit=1000
          --set train.pretrain_kimg=1 --set train.refit_kimg=1 --set train.checkpoint_kimg=1
-         --set train.log_kimg=1 --set eval.num_samples=64 --set eval.grid=4)
+         --set train.log_kimg=1 --set eval.num_samples=64 --set eval.grid=4
+         --set eval.metric=swd --set eval.feature_net=)  # no classifier to train
     rm -rf "$SFBD_STORAGE"
 else
     run_dir="$PWD/runs/submit-toy"

@@ -6,7 +6,7 @@
   hands the train workers a source (`sfbd.stages.refit.TrainSet`) and they read the data
   set straight from where it lives (the toy is regenerated from its seed).
 
-Each trains for the whole SFBD budget (pretrain_kimg + iterations * refit_kimg) and is
+Each trains for the whole SFBD budget (pretrain_kimg + iterations done * refit_kimg) and is
 evaluated like an iteration; results land in the run directory's `baselines/`.
 """
 
@@ -68,7 +68,9 @@ def run_baseline(kind: str, run_dir: Where, data_dir: Where, config: SFBDConfig)
     if result_path.is_file():
         return read_json(result_path)
     shape = tuple(read_manifest(data_dir)["item_shape"])
-    kimg = config.train.pretrain_kimg + config.iterations * config.train.refit_kimg
+    # The SFBD run's budget: its iterations, fewer after an early stop (`iterations: auto`).
+    done = run.read_state().get("stopped_early", {}).get("iteration", config.iterations)
+    kimg = config.train.pretrain_kimg + done * config.train.refit_kimg
     ckpt = run.baseline_checkpoint(kind)
     summary = {"kimg": kimg}
     if not checkpoint_complete(ckpt):

@@ -13,8 +13,10 @@ from pathlib import Path
 import yaml
 
 from sfbd.data.prepare import DataConfig
-from sfbd.diffusion.networks import NetworkConfig
+from sfbd.diffusion.augment import AUGMENT_DIM
+from sfbd.diffusion.networks import PRESETS, MLPShape, NetworkConfig
 from sfbd.diffusion.training import TrainConfig
+from sfbd.stopping import AUTO_CAP, StopConfig
 
 __all__ = [
     "DataConfig",
@@ -22,6 +24,7 @@ __all__ = [
     "EvalConfig",
     "NetworkConfig",
     "SFBDConfig",
+    "StopConfig",
     "TrainConfig",
     "load_config",
 ]
@@ -58,11 +61,14 @@ class EvalConfig:
     threads: int = 0  # torch threads of the evaluation task; 0: Ray's default
     cpus: float = 1.0  # CPUs of the sampling actor (CPU-only clusters) and of the metrics task
     compile: bool = False  # torch.compile the denoiser of the sampling actors
-    # Reference set of the distance: "clean" (the clean set), "test" (the held-out split of
-    # data.dataset: cifar10, fashion-mnist, mnist) or "npz:PATH". The toy uses true samples.
+    # Reference set of the distance: "clean" (the clean set), "test" / "train" (the test or
+    # whole training split of data.dataset: cifar10, fashion-mnist, mnist; evaluation only) or
+    # "npz:PATH". The toy uses true samples.
     reference: str = "clean"
     metric: str = "swd"  # swd (pixels), fid (Inception), fd (feature_net)
-    feature_net: str | None = None  # TorchScript feature extractor, for metric fd
+    # TorchScript feature extractor for metric fd, or classifier:fashion-mnist / classifier:mnist
+    # (a small classifier trained once per machine into ~/.cache/sfbd/feature-nets)
+    feature_net: str | None = None
     inception_weights: str | None = None  # pt_inception-2015-12-05-6726825d.pth; None: hub
     reference_stats: str | None = None  # .npz with mu, sigma (fid / fd); None: from reference
     memorization_threshold: float | None = None  # RMS pixel distance counted as a copy
@@ -71,13 +77,14 @@ class EvalConfig:
 @dataclass
 class SFBDConfig:
     name: str = "custom"
-    iterations: int = 3  # K: denoise -> refit -> evaluate rounds after pretraining
+    iterations: int = 3  # K: denoise -> refit -> evaluate rounds after pretraining (stop.auto: cap)
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     denoise: DenoiseConfig = field(default_factory=DenoiseConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
 
     def validate(self) -> None:
         """Cheap checks with one-line errors naming the key; no I/O, no cluster."""
@@ -115,11 +122,17 @@ class SFBDConfig:
             if value < 0:
                 raise ValueError(f"config: {key} = {value!r}; must be >= 0")
         ref = self.eval.reference
-        if ref not in ("clean", "test") and not ref.startswith("npz:"):
-            raise ValueError(f"config: eval.reference = {ref!r}; allowed: clean, test, npz:PATH")
-        if ref == "test" and self.data.dataset not in ("cifar10", "fashion-mnist", "mnist"):
+        if ref not in ("clean", "test", "train") and not ref.startswith("npz:"):
             raise ValueError(
-                f"config: eval.reference = test needs data.dataset cifar10, "
+                f"config: eval.reference = {ref!r}; allowed: clean, test, train, npz:PATH"
+            )
+        if ref in ("test", "train") and self.data.dataset not in (
+            "cifar10",
+            "fashion-mnist",
+            "mnist",
+        ):
+            raise ValueError(
+                f"config: eval.reference = {ref} needs data.dataset cifar10, "
                 f"fashion-mnist or mnist (got {self.data.dataset!r})"
             )
         if self.eval.metric not in ("swd", "fid", "fd"):
@@ -129,13 +142,23 @@ class SFBDConfig:
                 "config: eval.metric = fd needs eval.feature_net (a TorchScript "
                 "file, e.g. from jobs/train_classifier.py)"
             )
+        from sfbd.metrics.classifier import check_classifier_spec, is_classifier_spec
+
+        if is_classifier_spec(self.eval.feature_net):
+            check_classifier_spec(self.eval.feature_net)
         for key in ("feature_net", "inception_weights", "reference_stats"):
             path = getattr(self.eval, key)
+            if key == "feature_net" and is_classifier_spec(path):
+                continue
             if path and not Path(path).is_file():
                 raise FileNotFoundError(f"config: eval.{key} = {path} does not exist")
         w = self.train.clean_weight
-        if w is not None and not 0 < w <= 1:
-            raise ValueError(f"config: train.clean_weight = {w}; must lie in (0, 1] or be null")
+        if w is not None and not 0 <= w <= 1:
+            raise ValueError(
+                f"config: train.clean_weight = {w}; must lie in [0, 1] (0: refit on the "
+                f"denoised set alone, Algorithm 1 line 4) or be null (by set size)"
+            )
+        self._validate_augment()
         workers = self.train.num_workers
         if workers < 0:
             raise ValueError(
@@ -157,6 +180,37 @@ class SFBDConfig:
         except (ValueError, OSError) as exc:
             raise type(exc)(f"config: data.{exc}") from None
         self.network.shape()  # unknown preset or override keys
+        try:
+            self.stop.validate()
+        except ValueError as exc:
+            raise ValueError(f"config: {exc}") from None
+        if self.stop.auto and self.data.holdout_fraction == 0:
+            raise ValueError(
+                "config: iterations: auto (stop.auto) reads noisy_distance, which needs "
+                "data.holdout_fraction > 0"
+            )
+
+    def _validate_augment(self) -> None:
+        """train.augment and network.augment_dim (sfbd.diffusion.augment)."""
+        p, dim = self.train.augment, self.network.augment_dim
+        if not 0 <= p <= 1:
+            raise ValueError(f"config: train.augment = {p}; must lie in [0, 1]")
+        vectors = isinstance(PRESETS.get(self.network.preset), MLPShape)
+        if p > 0 and vectors:
+            raise ValueError(
+                f"config: train.augment = {p} needs an image network; network.preset = mlp "
+                f"(vectors) takes no augmentation: use train.augment = 0"
+            )
+        if dim not in (0, AUGMENT_DIM) or (dim and vectors):
+            raise ValueError(
+                f"config: network.augment_dim = {dim}; allowed: 0, or {AUGMENT_DIM} "
+                f"(the augmentation labels) with an image network"
+            )
+        if p > 0 and dim == 0:
+            raise ValueError(
+                f"config: train.augment = {p} needs network.augment_dim = {AUGMENT_DIM} "
+                f"(set when a config file is loaded)"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -299,17 +353,63 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> SFBDCo
     return config_from_dict(data, overrides)
 
 
+def auto_iterations(data: dict) -> dict:
+    """`iterations: auto` is `stop.auto: true` with `iterations` the cap `AUTO_CAP`."""
+    if data.get("iterations") == "auto":
+        data["iterations"] = AUTO_CAP
+        stop = data.setdefault("stop", {})
+        if isinstance(stop, dict):
+            stop["auto"] = True
+    return data
+
+
 def config_from_dict(data: dict, overrides: list[str] | None = None) -> SFBDConfig:
     """A validated config from a mapping and `key=value` overrides (old key names read as new)."""
     data = renamed_keys(apply_overrides(renamed_keys(data), overrides or []))
+    data = auto_iterations(data)
     config = from_dict(SFBDConfig, data)
+    if config.train.augment > 0 and config.network.augment_dim == 0:
+        # Resolved here, so that the run's config.yaml records the network it builds.
+        config.network.augment_dim = AUGMENT_DIM
     config.validate()
     return config
 
 
+# Keys added since runs were first written whose default is not what a run without them did:
+# a config.yaml that lacks one is read with the value given here.
+ADDED_KEYS = {"data.holdout_fraction": 0.0}
+
+
+def _missing_added_keys(data: dict) -> dict:
+    missing = {}
+    for key, old in ADDED_KEYS.items():
+        section, name = key.split(".")
+        if name not in (data.get(section) or {}):
+            missing[key] = old
+    return missing
+
+
 def config_from_text(text: str, what: str) -> SFBDConfig:
-    """A config written back by a run (`config.yaml`), older key names included."""
-    return from_dict(SFBDConfig, renamed_keys(parse_yaml(text, what)))
+    """A config written back by a run (`config.yaml`), older key names included; keys added
+    since it was written take the value the run had (`ADDED_KEYS`)."""
+    data = renamed_keys(parse_yaml(text, what))
+    for key, old in _missing_added_keys(data).items():
+        section, name = key.split(".")
+        data.setdefault(section, {})[name] = old
+    return from_dict(SFBDConfig, data)
+
+
+def adopt_added_keys(config: SFBDConfig, run_text: str, what: str, note=print) -> None:
+    """Resuming a run whose config.yaml predates a key of `ADDED_KEYS`: the run goes on with
+    the value it had (its data and stages were made without the key), whatever `config` says,
+    so that the command that started it resumes it."""
+    old_data = renamed_keys(parse_yaml(run_text, what), lambda _: None)
+    for key, old in _missing_added_keys(old_data).items():
+        section, name = key.split(".")
+        mine = getattr(config, section)
+        if getattr(mine, name) != old:
+            setattr(mine, name, old)
+            note(f"note: {what} predates {key}; resumed with {key} = {old}")
 
 
 def dump_config(config: SFBDConfig) -> str:

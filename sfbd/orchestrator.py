@@ -73,7 +73,11 @@ class Orchestrator:
         # The events' step: images trained in the run before this stage (refits continue the
         # pretraining's curve).
         before = 0 if k == 0 else c.train.pretrain_kimg + (k - 1) * c.train.refit_kimg
-        sets = [TrainSet(path=str(self.data_dir / "clean"), weight=w)]
+        # Pretraining fits the clean set; refit k fits clean + denoised E_k by clean_weight,
+        # the denoised set alone at 0 (Algorithm 1, line 4).
+        sets = []
+        if k == 0 or w != 0:
+            sets.append(TrainSet(path=str(self.data_dir / "clean"), weight=w if k else None))
         if k > 0 and w != 1:
             sets.append(
                 TrainSet(path=str(self.run.denoised(k)), weight=None if w is None else 1 - w)
@@ -194,37 +198,10 @@ class Orchestrator:
             return f"run {duration(time.time() - t_run)} elapsed, {estimate}"
 
         for i, stage in enumerate(stages):
-            if stage.key in self.state["completed"] and self._output_exists(stage):
-                continue
-            if stage.kind == "evaluate" and self._output_exists(stage):
-                # The record was appended but the state not saved: keep the record.
-                row = self.run.metrics_row(stage.iteration)
-                self.state["completed"][stage.key] = {
-                    "metric": row["metric"],
-                    row["metric"]: row[row["metric"]],
-                    "seconds": 0.0,
-                    "recovered": True,
-                }
-            else:
-                self._log(f"stage {i + 1}/{len(stages)}: {stage}; {where(i, stage)}")
-                self.state["current"] = stage.key
-                self.run.write_state(self.state)
-                self.metrics.stage_started(stage, i)
-                t0 = time.time()
-                result = self._run_stage(stage)
-                t1 = time.time()
-                self.state["completed"][stage.key] = {
-                    **result,
-                    "seconds": result.get("seconds", t1 - t0),
-                    "wall_seconds": t1 - t0,
-                    "started": t0,  # Unix times: when concurrent runs overlapped (sweeps)
-                    "finished": t1,
-                }
-                self.state["current"] = None
-                self._log(
-                    f"stage {i + 1}/{len(stages)}: {stage} done in {duration(t1 - t0)}; {where(i)}"
-                )
-            self.run.write_state(self.state)
+            if not (stage.key in self.state["completed"] and self._output_exists(stage)):
+                self._run_or_recover(i, stage, stages, where)
+            if stage.kind == "evaluate" and self._stop_early(stage.iteration):
+                break
         self.metrics.finished(len(stages))
         if self.events is not None:
             self.events.close()
@@ -235,6 +212,59 @@ class Orchestrator:
         else:
             self._log(f"run {self.run} already finished; nothing to do")
         return self.summary()
+
+    def _run_or_recover(self, i: int, stage: Stage, stages: list[Stage], where) -> None:
+        """Run stage i (or keep an evaluation record a crash left unsaved) and save the state."""
+        if stage.kind == "evaluate" and self._output_exists(stage):
+            # The record was appended but the state not saved: keep the record.
+            row = self.run.metrics_row(stage.iteration)
+            self.state["completed"][stage.key] = {
+                "metric": row["metric"],
+                row["metric"]: row[row["metric"]],
+                "seconds": 0.0,
+                "recovered": True,
+            }
+        else:
+            self._log(f"stage {i + 1}/{len(stages)}: {stage}; {where(i, stage)}")
+            self.state["current"] = stage.key
+            self.run.write_state(self.state)
+            self.metrics.stage_started(stage, i)
+            t0 = time.time()
+            result = self._run_stage(stage)
+            t1 = time.time()
+            self.state["completed"][stage.key] = {
+                **result,
+                "seconds": result.get("seconds", t1 - t0),
+                "wall_seconds": t1 - t0,
+                "started": t0,  # Unix times: when concurrent runs overlapped (sweeps)
+                "finished": t1,
+            }
+            self.state["current"] = None
+            self._log(
+                f"stage {i + 1}/{len(stages)}: {stage} done in {duration(t1 - t0)}; {where(i)}"
+            )
+        self.run.write_state(self.state)
+
+    def _stop_early(self, k: int) -> bool:
+        """`iterations: auto`: whether the rule of `sfbd.stopping` ends the loop after k."""
+        from sfbd.stopping import stop_reason
+
+        stop = self.config.stop
+        if not stop.auto or k == 0:
+            return False
+        rows = [self.run.metrics_row(i) or {} for i in range(k + 1)]
+        distances = [row.get("noisy_distance") for row in rows]
+        if any(d is None for d in distances):
+            self._log("warning: iterations: auto, but a metrics row lacks noisy_distance")
+            return False
+        reason = stop_reason(distances, stop.patience, stop.margin)
+        if reason is None:
+            return False
+        if self.state.get("stopped_early", {}).get("iteration") != k:
+            self.state["stopped_early"] = {"iteration": k, "reason": reason}
+            self.run.write_state(self.state)
+            self._log(f"stopping after iteration {k} of at most {self.config.iterations}: {reason}")
+        return True
 
     def summary(self) -> dict:
         return {

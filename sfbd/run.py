@@ -118,20 +118,26 @@ def resolve(
 def prepare_run_dir(config: SFBDConfig, run: RunDir, data: Location | None) -> Location:
     """Prepare the data (unless given), resolve the network's shape from it, and write (or
     check) the run's config. Returns the data's location."""
+    from sfbd.config import adopt_added_keys
     from sfbd.data.prepare import prepare
+    from sfbd.metrics.classifier import ensure_classifier, is_classifier_spec
 
+    if run.config_file.is_file():
+        adopt_added_keys(config, run.config_file.read_text(), str(run.config_file), note=log)
     if data is None:
         data = prepare(config.data, run.data, log=log)
+    if is_classifier_spec(config.eval.feature_net):  # trained here, before the stages, once
+        ensure_classifier(config.eval.feature_net, config.data.root, log=log)
     manifest = read_manifest(data)
     verify_split(data)
-    if config.eval.reference == "test" and manifest["source"] not in (
+    if config.eval.reference in ("test", "train") and manifest["source"] not in (
         "cifar10",
         "fashion-mnist",
         "mnist",
     ):
         raise ValueError(
-            f"config: eval.reference = test, but the data ({manifest['source']}) "
-            f"has no held-out split; use clean or npz:PATH"
+            f"config: eval.reference = {config.eval.reference}, but the data "
+            f"({manifest['source']}) has no {config.eval.reference} split; use clean or npz:PATH"
         )
     shape = manifest["item_shape"]
     config.network.channels = shape[0]
@@ -250,7 +256,12 @@ def fit(
         t0 = time.time()
         dashboard = getattr(ctx, "dashboard_url", None) if ctx is not None else None
         log(
-            f"run {run} ({config.name}): {config.iterations} iterations"
+            f"run {run} ({config.name}): "
+            + (
+                f"at most {config.iterations} iterations (iterations: auto)"
+                if config.stop.auto
+                else f"{config.iterations} iterations"
+            )
             + (f"; dashboard: {dashboard}" if dashboard else "")
         )
         actor = orchestrator.start(run.root, data_loc)

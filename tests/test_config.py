@@ -54,3 +54,14 @@ def test_exponent_without_a_dot_is_a_float_and_a_word_is_refused():
     assert load_config("toy2d", ["train.lr=2e-4"]).train.lr == 2e-4
     with pytest.raises(ValueError, match="train.lr = 'fast'; expected float"):
         load_config("toy2d", ["train.lr=fast"])
+
+
+def test_the_built_in_classifier_is_a_feature_net_spec_not_a_file():
+    config = load_config(
+        "fashion-mnist-cpu", ["eval.metric=fd", "eval.feature_net=classifier:fashion-mnist"]
+    )
+    assert config.eval.feature_net == "classifier:fashion-mnist"
+    with pytest.raises(ValueError, match="built-in classifiers are classifier:fashion-mnist"):
+        load_config("fashion-mnist-cpu", ["eval.metric=fd", "eval.feature_net=classifier:cifar"])
+    with pytest.raises(FileNotFoundError, match="eval.feature_net = nope.pt does not exist"):
+        load_config("fashion-mnist-cpu", ["eval.metric=fd", "eval.feature_net=nope.pt"])

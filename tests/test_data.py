@@ -1,6 +1,7 @@
 """The clean/noisy split, the Parquet store and the prepare job."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,13 +38,18 @@ def test_exact_counts(tmp_path, npz_images, fraction, expected):
     out = _prepare(tmp_path, npz_images[0], clean_fraction=fraction, shard_size=64)
     clean_ids, clean = read_split(out, "clean")
     noisy_ids, noisy = read_split(out, "noisy")
-    assert len(clean_ids) == expected and len(noisy_ids) == 500 - expected
-    assert clean.shape == (expected, 3, 8, 8) and noisy.dtype == np.float32
-    # Every id exactly once, across both splits.
-    assert sorted(np.concatenate([clean_ids, noisy_ids]).tolist()) == list(range(500))
+    held_ids, held = read_split(out, "holdout")
+    held_expected = round(0.02 * (500 - expected))  # the default holdout_fraction
+    assert len(clean_ids) == expected and len(held_ids) == held_expected
+    assert len(noisy_ids) == 500 - expected - held_expected
+    assert clean.shape == (expected, 3, 8, 8) and noisy.dtype == held.dtype == np.float32
+    # Every id exactly once, across the three splits.
+    every = np.concatenate([clean_ids, noisy_ids, held_ids])
+    assert sorted(every.tolist()) == list(range(500))
     m = read_manifest(out)
     assert m["splits"]["clean"]["count"] == expected
-    assert sum(s["rows"] for s in m["splits"]["noisy"]["shards"]) == 500 - expected
+    assert m["splits"]["holdout"]["count"] == held_expected
+    assert sum(s["rows"] for s in m["splits"]["noisy"]["shards"]) == len(noisy_ids)
 
 
 def test_same_seed_gives_identical_bytes_other_seed_differs(tmp_path, npz_images):
@@ -51,7 +57,7 @@ def test_same_seed_gives_identical_bytes_other_seed_differs(tmp_path, npz_images
     b = _prepare(tmp_path, npz_images[0], "b", clean_fraction=0.1, seed=7, shard_size=100)
     c = _prepare(tmp_path, npz_images[0], "c", clean_fraction=0.1, seed=8, shard_size=100)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert len(files) == 1 + 1 + 5
+    assert len(files) == 1 + 1 + 5 + 1  # manifest, clean, noisy (441 rows), holdout (9)
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     assert read_split(a, "noisy")[0].tolist() != read_split(c, "noisy")[0].tolist()
@@ -127,7 +133,8 @@ def test_toy2d(tmp_path):
         log=lambda *_: None,
     )
     ids, y = read_split(out, "noisy")
-    assert y.shape == (950, 2) and read_split(out, "clean")[1].shape == (50, 2)
+    assert y.shape == (931, 2) and read_split(out, "clean")[1].shape == (50, 2)
+    assert read_split(out, "holdout")[1].shape == (19, 2)  # 2% of the 950 observed
     r = np.linalg.norm(read_split(out, "clean")[1], axis=1)
     assert abs(r.mean() - 1.0) < 0.05  # clean points lie on the unit ring
 
@@ -158,7 +165,8 @@ def test_fashion_mnist_job(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
-    assert summary["clean"] == 2400 and summary["noisy"] == 57600
+    assert summary["clean"] == 2400 and summary["noisy"] + summary["holdout"] == 57600
+    assert summary["holdout"] == 1152  # 2% of the observed items, never denoised or trained
     assert read_manifest(out)["item_shape"] == [1, 28, 28]
     verify_split(out)
 
@@ -184,6 +192,11 @@ def _bad_inputs(tmp_path):
         (["--dataset", "toy2d", "--clean-fraction", "1"], "clean_fraction"),
         (["--dataset", "toy2d", "--clean-fraction", "1.5"], "clean_fraction"),
         (["--dataset", "imagenet"], "unknown dataset"),
+        (["--dataset", "toy2d", "--holdout-fraction", "1"], "holdout_fraction"),
+        (
+            ["--dataset", "toy2d", "--clean-fraction", "0", "--pretrain", "mnist:val"],
+            "train or test",
+        ),
         (["--dataset", f"folder:{tmp_path / 'nope'}"], "does not exist"),
         (["--dataset", f"npz:{tmp_path / 'nope.npz'}"], "does not exist"),
         (["--dataset", f"npz:{nan}"], "NaN or infinite"),
@@ -226,3 +239,81 @@ def test_bad_inputs(tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1, err
         assert not out.exists(), args
         assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_holdout_observations_are_the_noisy_ones_a_run_without_holdout_would_see(
+    tmp_path, npz_images
+):
+    """Holding out changes which noisy items are trained on, never their values: the union of
+    noisy and holdout is, id by id and byte by byte, the noisy split of holdout_fraction 0."""
+    path, _ = npz_images
+    none = _prepare(tmp_path, path, "none", clean_fraction=0.1, holdout_fraction=0.0)
+    held = _prepare(tmp_path, path, "held", clean_fraction=0.1, holdout_fraction=0.2)
+    assert read_manifest(none)["splits"]["holdout"]["count"] == 0
+    ids0, y0 = read_split(none, "noisy")
+    ids_n, y_n = read_split(held, "noisy")
+    ids_h, y_h = read_split(held, "holdout")
+    assert len(ids_h) == 90 and len(ids_n) == 360
+    ids, y = np.concatenate([ids_n, ids_h]), np.concatenate([y_n, y_h])
+    order = np.argsort(ids)
+    np.testing.assert_array_equal(ids[order], ids0)
+    np.testing.assert_array_equal(y[order], y0)
+    assert read_split(held, "clean")[0].tolist() == read_split(none, "clean")[0].tolist()
+
+
+def test_data_prepared_before_the_holdout_existed_reads_as_none_held_out(tmp_path):
+    out = tmp_path / "toy"
+    cfg = DataConfig(dataset="toy2d", num=300, clean_fraction=0.1, holdout_fraction=0.0)
+    prepare(cfg, out, log=lambda *_: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["splits"]["holdout"], manifest["config"]["holdout_fraction"]
+    del manifest["config"]["pretrain"], manifest["config"]["pretrain_limit"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    seen = []
+    prepare(cfg, out, log=seen.append)  # the same data: nothing redone
+    assert "nothing to do" in seen[-1]
+    ids, items = read_split(out, "holdout")
+    assert ids.shape == (0,) and items.shape == (0, 2)
+    verify_split(out)
+
+
+def test_a_similar_data_set_as_the_clean_set(tmp_path):
+    """data.pretrain: its items are the clean set (ids after the observed set's) and, with
+    clean_fraction 0, every item of the data set is observed noisy or held out."""
+    cfg = DataConfig(
+        dataset="toy2d",
+        num=1000,
+        clean_fraction=0.0,
+        holdout_fraction=0.05,
+        pretrain="toy2d:rotate=90",
+        pretrain_limit=40,
+    )
+    out = prepare(cfg, tmp_path / "p", log=lambda *_: None).local
+    clean_ids, clean = read_split(out, "clean")
+    noisy_ids, _ = read_split(out, "noisy")
+    held_ids, _ = read_split(out, "holdout")
+    assert clean_ids.tolist() == list(range(1000, 1040))
+    assert len(noisy_ids) == 950 and len(held_ids) == 50
+    assert sorted(np.concatenate([noisy_ids, held_ids]).tolist()) == list(range(1000))
+    # The toy turned by 90 degrees, drawn with seed + 1: (x, y) -> (-y, x) of those points.
+    drawn = load_source("toy2d", num=1000, seed=cfg.seed + 1).items[:40]
+    np.testing.assert_allclose(clean, np.stack([-drawn[:, 1], drawn[:, 0]], 1), atol=1e-6)
+    assert read_manifest(out)["pretrain"] == {"source": "toy2d:rotate=90", "count": 40}
+
+
+def test_bad_pretrain_and_holdout_settings_fail_before_any_work(tmp_path, npz_images):
+    path, _ = npz_images
+    cases = [
+        (dict(clean_fraction=0.0), "clean_fraction: 0 needs data.pretrain"),
+        (dict(pretrain="npz:/nonexistent.npz"), "pretrain: dataset: npz path"),
+        (dict(pretrain="toy2d:spin=3"), "toy2d:rotate=DEG"),
+        (dict(pretrain="fashion-mnist:val"), "train or test"),
+        (dict(pretrain_limit=5), "pretrain_limit: set, but data.pretrain is not"),
+        (dict(holdout_fraction=1.0), "holdout_fraction: 1.0; must lie in [0, 1)"),
+        (dict(holdout_fraction=0.999), "nothing would be left"),
+        (dict(pretrain="toy2d", clean_fraction=0.0), "pretrain: toy2d holds items of shape [2]"),
+    ]
+    for kw, needle in cases:
+        with pytest.raises((ValueError, OSError), match=re.escape(needle)):
+            _prepare(tmp_path, path, "bad", **{"clean_fraction": 0.1, **kw})
+        assert not (tmp_path / "bad").exists(), kw

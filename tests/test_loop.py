@@ -139,9 +139,11 @@ def test_tiny_image_run(ray_cluster, tmp_path, tiny_images, capfd):
     ids = np.concatenate(
         [pq.read_table(p, columns=["id"]).column("id").to_numpy() for p in out.glob("*.parquet")]
     )
-    assert len(ids) == len(noisy_ids) == 360
+    held_ids, _ = read_split(data, "holdout")  # 2% of the 360 noisy observations
+    assert len(held_ids) == 7 and len(ids) == len(noisy_ids) == 353
     assert sorted(ids.tolist()) == sorted(noisy_ids.tolist())  # each id exactly once
-    assert json.loads((out / "_COMPLETE.json").read_text())["count"] == 360
+    assert not set(ids.tolist()) & set(held_ids.tolist())  # the holdout is never denoised
+    assert json.loads((out / "_COMPLETE.json").read_text())["count"] == 353
     for k in (0, 1):
         assert (run / "checkpoints" / f"iter_{k:03d}.pt").is_file()
         assert (run / "grids" / f"iter_{k:03d}_samples.png").is_file()

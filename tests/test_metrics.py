@@ -30,12 +30,13 @@ def test_frechet_distance_closed_form_gaussians():
     assert frechet_distance(mu1, s, mu2, s) == pytest.approx(((mu1 - mu2) ** 2).sum(), abs=1e-8)
 
 
-def _feature_net(tmp_path):
+def _feature_net(tmp_path, channels: int = 8, side: int = 4):
+    """A random conv net saved as TorchScript: `channels * side**2` features."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.Conv2d(1, channels, 3, padding=1),
         torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(4),
+        torch.nn.AdaptiveAvgPool2d(side),
         torch.nn.Flatten(),
     )
     path = tmp_path / "features.pt"
@@ -169,3 +170,116 @@ def test_denoised_diagnostics_residual_and_collapse_share():
     assert out["median_distance_to_clean"] > 0.05
     # The first iteration has no E_{k-1}; without a threshold there is no collapse share.
     assert denoised_diagnostics(denoised, None, clean, None) == {}
+
+
+def test_quantize_uint8_lands_on_the_256_levels_and_keeps_quantised_input():
+    from sfbd.metrics.quantize import quantize_uint8
+
+    grid = np.arange(256, dtype=np.float32) / 127.5 - 1  # what the data loaders produce
+    assert np.array_equal(quantize_uint8(grid), grid)
+    x = np.random.default_rng(0).uniform(-1.3, 1.3, (64, 3, 4, 4)).astype(np.float32)
+    q = quantize_uint8(x)
+    assert q.dtype == np.float32 and q.shape == x.shape
+    levels = (q + 1) * 127.5
+    assert np.abs(levels - np.round(levels)).max() < 1e-4  # on the grid
+    assert set(np.unique(np.round(levels))) <= set(range(256))
+    assert q.min() == -1 and q.max() == 1  # outside [-1, 1]: clipped to the end levels
+    inside = np.abs(x) <= 1
+    assert np.abs(q - x)[inside].max() <= 1 / 255 + 1e-6  # half a level, 1 / 127.5 / 2
+    assert quantize_uint8(np.float32([0.0, -1.0, 1.0, 0.003])).tolist() == pytest.approx(
+        [1 / 255, -1.0, 1.0, 1 / 255],
+        abs=1e-6,  # 127.5 rounds to 128 (half to even)
+    )
+    assert np.array_equal(quantize_uint8(q), q)
+
+
+def test_reference_stats_files_of_pytorch_fid_and_edm_load(tmp_path):
+    from sfbd.metrics.fid import load_stats
+
+    rng = np.random.default_rng(0)
+    mu, sigma = rng.normal(size=16), np.cov(rng.normal(size=(16, 40)))
+    # pytorch-fid's --save-stats writes a compressed .npz; EDM's reference files are plain.
+    np.savez_compressed(tmp_path / "pytorch_fid.npz", mu=mu, sigma=sigma)
+    np.savez(tmp_path / "edm.npz", mu=mu.astype(np.float64), sigma=sigma)
+    for name in ("pytorch_fid.npz", "edm.npz"):
+        got_mu, got_sigma = load_stats(tmp_path / name)
+        assert np.array_equal(got_mu, mu) and np.array_equal(got_sigma, sigma)
+
+
+def test_eval_reference_train_is_validated_like_test():
+    from sfbd.config import SFBDConfig
+
+    config = SFBDConfig()
+    config.eval.reference = "train"
+    config.validate()  # fashion-mnist
+    config.data.dataset = "toy2d"
+    with pytest.raises(ValueError, match="eval.reference = train needs data.dataset cifar10"):
+        config.validate()
+    config.eval.reference = "training"
+    with pytest.raises(ValueError, match="allowed: clean, test, train, npz:PATH"):
+        config.validate()
+
+
+@pytest.mark.skipif(
+    not DEBIAN_FASHION_MNIST.is_dir(),
+    reason="apt-get install dataset-fashion-mnist (CI installs it)",
+)
+def test_reference_train_is_the_whole_training_split(tmp_path):
+    from sfbd.config import EvalConfig
+    from sfbd.data.store import write_manifest
+    from sfbd.stages.evaluate import SWD_TRAIN_MAX, reference_items
+
+    # The manifest's fields that name the source (data prepared with data.limit = 50).
+    data = tmp_path / "d"
+    write_manifest(data, {"source": "fashion-mnist", "config": {"root": None, "limit": 50}})
+    fid = reference_items(data, EvalConfig(reference="train", metric="fid"))
+    assert fid.shape == (60000, 1, 28, 28)  # all of it, not data.limit's 50
+    swd = reference_items(data, EvalConfig(reference="train", seed=3))
+    assert swd.shape == (SWD_TRAIN_MAX, 1, 28, 28)
+    # For swd: the training items that eval.seed picks, in their order.
+    keep = np.random.default_rng([3, 5]).choice(60000, SWD_TRAIN_MAX, replace=False)
+    assert np.array_equal(swd, fid[np.sort(keep)])
+
+
+def test_fd_rows_quantise_samples_and_measure_in_noisy_space(tmp_path, monkeypatch):
+    import functools
+
+    from sfbd.config import EvalConfig
+    from sfbd.data.prepare import DataConfig, prepare
+    from sfbd.data.store import split_count
+    from sfbd.metrics import kid
+    from sfbd.metrics.quantize import quantize_uint8
+    from sfbd.stages.evaluate import distance
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (600, 1, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "imgs.npz", images=images)
+    data = prepare(
+        DataConfig(
+            dataset=f"npz:{tmp_path / 'imgs.npz'}", clean_fraction=0.5, holdout_fraction=0.4
+        ),
+        tmp_path / "d",
+        log=lambda _: None,
+    )
+    net = _feature_net(tmp_path, channels=4, side=2)  # 16-d: small matrix square roots
+    config = EvalConfig(num_samples=200, metric="fd", feature_net=str(net))
+    # KID's 100 subsets are its own test's business; a few keep this one quick.
+    few = functools.partial(kid.kernel_inception_distance, subsets=5)
+    monkeypatch.setattr(kid, "kernel_inception_distance", few)
+    cache = tmp_path / "cache"
+    samples = quantize_uint8(rng.uniform(-1, 1, (200, 1, 8, 8)))
+    row = distance(samples, data, config, cache)
+    print({k: v for k, v in row.items() if k != "feature_net"})
+    assert row["quantized"] == "uint8"
+    assert row["noisy_distance_items"] == split_count(data, "holdout") == 120
+    assert row["fd"] > 0 and row["noisy_distance"] > 0
+    assert {"kid", "kid_std", "noisy_kid", "noisy_kid_std"} <= row.keys()
+    # The holdout's features are cached beside the reference's, and read back the next time;
+    # samples less than half a level off the 8-bit grid are quantised onto it: the same row.
+    cached = sorted(p.name.split("-")[2] for p in cache.iterdir())
+    assert cached == ["clean", "holdout"]
+    assert distance(samples + 0.003, data, config, cache) == row
+    assert len(list(cache.iterdir())) == 2
+    # Shifted samples lie further from the observations in noisy space too.
+    far = distance(np.clip(samples * 0.3 + 0.5, -1, 1), data, config, cache)
+    assert far["noisy_distance"] > 2 * row["noisy_distance"]

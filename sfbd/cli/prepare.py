@@ -32,6 +32,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="keep the first N items")
     p.add_argument("--num", type=int, default=d.num, help="number of toy2d items")
     p.add_argument("--shard-size", type=int, default=d.shard_size, help="items per Parquet file")
+    p.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=d.holdout_fraction,
+        help="share of the noisy observations held out of training, the reference of "
+        "noisy_distance (default %(default)s)",
+    )
+    p.add_argument(
+        "--pretrain",
+        default=None,
+        help="a similar data set (any --dataset spec) whose items join the clean set; "
+        "then --clean-fraction may be 0",
+    )
+    p.add_argument("--pretrain-limit", type=int, default=None, help="keep its first N items")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -47,10 +61,13 @@ def main(args: argparse.Namespace) -> int:
         limit=args.limit,
         num=args.num,
         shard_size=args.shard_size,
+        holdout_fraction=args.holdout_fraction,
+        pretrain=args.pretrain,
+        pretrain_limit=args.pretrain_limit,
     )
     out = prepare(config, args.out)
     m = read_manifest(out)
     summary = {k: m[k] for k in ("source", "item_shape", "tau", "seed", "clean_fraction")}
-    summary.update(clean=m["splits"]["clean"]["count"], noisy=m["splits"]["noisy"]["count"])
+    summary.update({split: m["splits"][split]["count"] for split in m["splits"]})
     print(json.dumps(summary))
     return 0

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from sfbd.data.sources import check_dataset_spec, load_source
-from sfbd.data.split import check_split_args, observe, split_indices
+import numpy as np
+
+from sfbd.data.sources import Source, check_dataset_spec, load_source
+from sfbd.data.split import check_split_args, holdout_indices, observe, split_indices
 from sfbd.data.store import MANIFEST, read_manifest, write_manifest, write_shards
 from sfbd.storage import Location, Where
 
@@ -16,7 +18,7 @@ DATA_FORMAT = "sfbd-data-v1"
 class DataConfig:
     """What `sfbd prepare` takes, and the run config's `data` section (Lu, Wu & Yu 2025,
     Sec. 3: a clean fraction of the source is kept clean, the rest observed as
-    y = x + tau * eps)."""
+    y = x + tau * eps; or the clean set drawn from a similar data set, `pretrain`)."""
 
     dataset: str = "fashion-mnist"
     clean_fraction: float = 0.04
@@ -26,31 +28,70 @@ class DataConfig:
     limit: int | None = None  # keep only the first `limit` items of the source
     num: int = 20000  # items of the synthetic toy2d set
     shard_size: int = 8192
+    # Share of the noisy observations held out (never denoised or trained on): the reference
+    # of the label-free noisy_distance.
+    holdout_fraction: float = 0.02
+    # A similar data set whose items join the clean set (Sec. 5.2 of the paper: pretraining on
+    # a related set); with it clean_fraction may be 0 (all of `dataset` observed noisy).
+    pretrain: str | None = None
+    pretrain_limit: int | None = None  # keep only the first items of `pretrain`
 
     def validate(self) -> None:
-        check_split_args(self.clean_fraction, self.tau)
+        check_split_args(
+            self.clean_fraction, self.tau, self.holdout_fraction, self.pretrain is not None
+        )
         check_dataset_spec(self.dataset)
+        if self.pretrain is not None:
+            try:
+                check_dataset_spec(self.pretrain)
+            except (ValueError, OSError) as exc:
+                raise type(exc)(f"pretrain: {exc}") from None
+            if self.pretrain_limit is not None and self.pretrain_limit < 1:
+                raise ValueError(f"pretrain_limit: {self.pretrain_limit}; must be >= 1")
         if self.shard_size < 1:
             raise ValueError(f"shard_size: {self.shard_size}; must be >= 1")
         if self.limit is not None and self.limit < 2:
             raise ValueError(f"limit: {self.limit}; must be >= 2 (one clean, one noisy item)")
         if self.num < 2:
             raise ValueError(f"num: {self.num}; must be >= 2")
+        if self.pretrain is None and self.pretrain_limit is not None:
+            raise ValueError("pretrain_limit: set, but data.pretrain is not")
 
     def identity(self) -> dict:
         """The fields that determine the prepared content."""
         return {k: v for k, v in asdict(self).items() if k not in ("root", "shard_size")}
 
 
+# Keys added to DataConfig since data was first prepared, with the value older data means.
+ADDED = {"holdout_fraction": 0.0, "pretrain": None, "pretrain_limit": None}
+
+
 def _same_identity(recorded: dict | None, config: DataConfig) -> bool:
     """Data prepared before the rename recorded the noise level as `sigma`."""
     if recorded is None:
         return False
-    recorded = dict(recorded)
+    recorded = {**ADDED, **recorded}
     if "sigma" in recorded and "tau" not in recorded:
         recorded["tau"] = recorded.pop("sigma")
     recorded.pop("out", None)
     return recorded == config.identity()
+
+
+def load_pretrain(config: DataConfig, like: Source) -> Source:
+    """The `pretrain` data set, checked against the observed one's kind and item shape."""
+    src = load_source(
+        config.pretrain,
+        root=config.root,
+        limit=config.pretrain_limit,
+        num=config.num,
+        seed=config.seed + 1,  # a toy drawn apart from the observed one
+    )
+    if src.item_shape != like.item_shape:
+        raise ValueError(
+            f"pretrain: {config.pretrain} holds items of shape {list(src.item_shape)}; "
+            f"data.dataset {config.dataset} has {list(like.item_shape)}"
+        )
+    return src
 
 
 def prepare(config: DataConfig, out: Where, log=print) -> Location:
@@ -72,10 +113,18 @@ def prepare(config: DataConfig, out: Where, log=print) -> Location:
     src = load_source(
         config.dataset, root=config.root, limit=config.limit, num=config.num, seed=config.seed
     )
-    clean_ids, noisy_ids = split_indices(len(src.items), config.clean_fraction, config.seed)
+    extra = load_pretrain(config, src) if config.pretrain is not None else None
+    n = len(src.items)
+    clean_ids, noisy_ids = split_indices(n, config.clean_fraction, config.seed)
+    noisy_ids, holdout_ids = holdout_indices(noisy_ids, config.holdout_fraction, config.seed)
+    clean_items = src.items[clean_ids]
+    if extra is not None:  # ids after the observed set's: n, n + 1, ...
+        clean_ids = np.concatenate([clean_ids, n + np.arange(len(extra.items), dtype=np.int64)])
+        clean_items = np.concatenate([clean_items, extra.items])
     log(
-        f"data: {src.name}: {len(src.items)} items of shape {src.item_shape}; "
-        f"{len(clean_ids)} clean, {len(noisy_ids)} noisy at tau={config.tau}"
+        f"data: {src.name}: {n} items of shape {src.item_shape}; {len(clean_ids)} clean"
+        + (f" ({len(extra.items)} from {config.pretrain})" if extra is not None else "")
+        + f", {len(noisy_ids)} noisy and {len(holdout_ids)} held out at tau={config.tau}"
     )
 
     # Locally the folder is filled under a temporary name and renamed into place.
@@ -83,9 +132,11 @@ def prepare(config: DataConfig, out: Where, log=print) -> Location:
     if tmp is not out:
         tmp.remove()
     try:
-        clean = write_shards(tmp / "clean", clean_ids, src.items[clean_ids], config.shard_size)
+        clean = write_shards(tmp / "clean", clean_ids, clean_items, config.shard_size)
         noisy_y = observe(src.items[noisy_ids], noisy_ids, config.tau, config.seed)
         noisy = write_shards(tmp / "noisy", noisy_ids, noisy_y, config.shard_size)
+        held_y = observe(src.items[holdout_ids], holdout_ids, config.tau, config.seed)
+        held = write_shards(tmp / "holdout", holdout_ids, held_y, config.shard_size)
         manifest = {
             "format": DATA_FORMAT,
             "source": src.name,
@@ -98,7 +149,11 @@ def prepare(config: DataConfig, out: Where, log=print) -> Location:
             "splits": {
                 "clean": {"count": len(clean_ids), "shards": clean},
                 "noisy": {"count": len(noisy_ids), "shards": noisy},
+                "holdout": {"count": len(holdout_ids), "shards": held},
             },
+            "pretrain": None
+            if extra is None
+            else {"source": extra.name, "count": len(extra.items)},
             "config": config.identity(),
         }
         write_manifest(tmp, manifest)
@@ -108,5 +163,5 @@ def prepare(config: DataConfig, out: Where, log=print) -> Location:
     finally:
         if tmp is not out:
             tmp.remove()
-    log(f"data: wrote {out} ({len(clean)} clean and {len(noisy)} noisy shards)")
+    log(f"data: wrote {out} ({len(clean)} clean, {len(noisy)} noisy, {len(held)} holdout shards)")
     return out

@@ -3,7 +3,9 @@
 Specs (`--dataset`): `cifar10`, `fashion-mnist`, `mnist`, `folder:PATH`, `npz:PATH`, `toy2d`.
 CIFAR-10 and MNIST come through torchvision (downloaded into `root`, or read from it
 offline); Fashion-MNIST and MNIST also read the original idx gz files from a directory,
-Debian's `dataset-fashion-mnist` among them.
+Debian's `dataset-fashion-mnist` among them. `NAME:test` names the held-out split of those
+three (`NAME:train` the training split, the default); `toy2d:rotate=DEG` is the toy ring turned
+by DEG degrees (a deformed look-alike of the target, for `data.pretrain`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-DATASETS = ("cifar10", "fashion-mnist", "mnist", "folder:PATH", "npz:PATH", "toy2d")
+DATASETS = (
+    "cifar10[:test]",
+    "fashion-mnist[:test]",
+    "mnist[:test]",
+    "folder:PATH",
+    "npz:PATH",
+    "toy2d[:rotate=DEG]",
+)
+NAMED = ("cifar10", "fashion-mnist", "mnist")  # the data sets with a training and a test split
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sfbd" / "datasets"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -45,8 +55,24 @@ def check_dataset_spec(spec: str) -> None:
             raise FileNotFoundError(f"dataset: {name} path {path} does not exist")
         if name == "folder" and not Path(path).is_dir():
             raise NotADirectoryError(f"dataset: folder path {path} is not a directory")
-    elif spec not in ("cifar10", "fashion-mnist", "mnist", "toy2d"):
+    elif name in NAMED and path:
+        if path not in ("train", "test"):
+            raise ValueError(f"dataset: {spec!r}: the split of {name} is train or test")
+    elif name == "toy2d" and path:
+        _toy_rotation(spec)
+    elif spec not in (*NAMED, "toy2d"):
         raise ValueError(f"dataset: unknown dataset {spec!r}; allowed: {', '.join(DATASETS)}")
+
+
+def _toy_rotation(spec: str) -> float:
+    """The angle in degrees of `toy2d:rotate=DEG`."""
+    key, _, value = spec.partition(":")[2].partition("=")
+    try:
+        if key != "rotate":
+            raise ValueError
+        return float(value)
+    except ValueError:
+        raise ValueError(f"dataset: {spec!r}; the toy takes toy2d or toy2d:rotate=DEG") from None
 
 
 def load_source(
@@ -62,8 +88,15 @@ def load_source(
     check_dataset_spec(spec)
     name, _, path = spec.partition(":")
     root = Path(root) if root else None
+    if name in NAMED and path:
+        train = path == "train"
     if name == "toy2d":
-        src = Source("toy2d", toy2d_sample(num, np.random.default_rng([seed, 2])), "vector")
+        items = toy2d_sample(num, np.random.default_rng([seed, 2]))
+        if path:
+            a = np.deg2rad(_toy_rotation(spec))
+            turn = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]], np.float32)
+            items = items @ turn  # row vectors: x @ R^T turns each point by +a
+        src = Source(spec, items, "vector")
     elif name == "folder":
         src = Source(spec, _load_folder(Path(path), limit), "image")
     elif name == "npz":

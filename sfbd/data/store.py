@@ -5,6 +5,8 @@ Layout of a prepared directory:
     manifest.json            source, counts, tau, seed, item shape, shard list with sha256
     clean/part-00000.parquet columns `id` (int64), `x` (fixed_size_list<float32>[prod(shape)])
     noisy/part-00000.parquet the same columns; `x` holds y = x + tau * eps
+    holdout/part-...parquet  noisy observations held out of training (`data.holdout_fraction`;
+                             absent in data prepared before it existed: none held out)
 
 Shards are uncompressed and plain-encoded (no dictionary): the noisy items are
 incompressible anyway, and it keeps the bytes on disk the float32 bytes of the items, so a
@@ -22,7 +24,7 @@ import pyarrow.parquet as pq
 from sfbd.storage import Location, Where
 
 MANIFEST = "manifest.json"
-SPLITS = ("clean", "noisy")
+SPLITS = ("clean", "noisy", "holdout")
 
 
 def items_table(ids: np.ndarray, items: np.ndarray) -> pa.Table:
@@ -75,12 +77,19 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split: {split!r}; allowed: {', '.join(SPLITS)}")
 
 
+def split_count(directory: Where, split: str) -> int:
+    """Items in one split (0 for a holdout split that data prepared before it lacks)."""
+    _check_split(split)
+    return read_manifest(directory)["splits"].get(split, {"count": 0})["count"]
+
+
 def shard_paths(directory: Where, split: str) -> list[Location]:
-    """The shard files of one split, in manifest order."""
+    """The shard files of one split, in manifest order (none for an absent holdout split)."""
     _check_split(split)
     manifest = read_manifest(directory)
     directory = Location.of(directory)
-    return [directory / split / s["file"] for s in manifest["splits"][split]["shards"]]
+    shards = manifest["splits"].get(split, {"shards": []})["shards"]
+    return [directory / split / s["file"] for s in shards]
 
 
 def verify_split(directory: Where, split: str | None = None) -> None:
@@ -88,7 +97,7 @@ def verify_split(directory: Where, split: str | None = None) -> None:
     manifest = read_manifest(directory)
     for name in [split] if split else SPLITS:
         _check_split(name)
-        for shard in manifest["splits"][name]["shards"]:
+        for shard in manifest["splits"].get(name, {"shards": []})["shards"]:
             path = Location.of(directory) / name / shard["file"]
             if not path.is_file():
                 raise FileNotFoundError(f"data: shard {path} listed in the manifest is missing")
@@ -106,4 +115,6 @@ def read_split(directory: Where, split: str, verify: bool = False) -> tuple[np.n
     manifest = read_manifest(directory)
     shape = tuple(manifest["item_shape"])
     tables = [pq.read_table(p.path, filesystem=p.fs) for p in shard_paths(directory, split)]
+    if not tables:
+        return np.zeros(0, np.int64), np.zeros((0, *shape), np.float32)
     return table_items(pa.concat_tables(tables), shape)

@@ -3,6 +3,7 @@ distance on MNIST-family data (where Inception features fit poorly)."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -110,7 +111,50 @@ def train_feature_net(
     acc = accuracy(model, test_images, test_labels)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # two trainers never share one
     torch.jit.script(FeatureExtractor(model)).save(str(tmp))
     tmp.replace(out)
     return acc
+
+
+# `eval.feature_net: classifier:NAME`: the classifier of a labelled data set, trained once per
+# machine into the user's cache (an evaluation instrument, like FID's Inception network: the
+# generative model never sees it).
+CLASSIFIER_SPEC = "classifier:"
+CLASSIFIER_EPOCHS = 2
+
+
+def is_classifier_spec(spec: str | None) -> bool:
+    return bool(spec) and spec.startswith(CLASSIFIER_SPEC)
+
+
+def check_classifier_spec(spec: str) -> None:
+    name = spec[len(CLASSIFIER_SPEC) :]
+    if name not in ("fashion-mnist", "mnist"):
+        raise ValueError(
+            f"config: eval.feature_net = {spec}; the built-in classifiers are "
+            f"classifier:fashion-mnist and classifier:mnist (or give a TorchScript file)"
+        )
+
+
+def classifier_file(spec: str) -> Path:
+    from sfbd.data.sources import DEFAULT_ROOT
+
+    name = spec[len(CLASSIFIER_SPEC) :]
+    return DEFAULT_ROOT.parent / "feature-nets" / f"{name}-classifier-e{CLASSIFIER_EPOCHS}.pt"
+
+
+def ensure_classifier(
+    spec: str, root: str | None = None, log: Callable[[str], None] = print
+) -> Path:
+    """The TorchScript file of `classifier:NAME`, trained (seed 0, `CLASSIFIER_EPOCHS` epochs on
+    the training split) unless this machine already has it."""
+    check_classifier_spec(spec)
+    path = classifier_file(spec)
+    if not path.is_file():
+        log(f"feature network {spec}: training it once into {path}")
+        acc = train_feature_net(
+            spec[len(CLASSIFIER_SPEC) :], path, CLASSIFIER_EPOCHS, root, log=log
+        )
+        log(f"feature network {spec}: test accuracy {acc:.4f}")
+    return path

@@ -87,11 +87,17 @@ KID_REFERENCE_MAX = 10_000  # reference features kept for KID (a seeded subset b
 
 
 def reference_features(
-    images: np.ndarray, feature_fn, cache_dir, key: str, batch_size: int = 200
+    images: np.ndarray,
+    feature_fn,
+    cache_dir,
+    key: str,
+    batch_size: int = 200,
+    device: torch.device | str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mu, sigma, kid_features) of a reference image set, computed once and cached as
     `<key>-<N>-<hash>.npz`: the Gaussian fit of all its features (FID, Frechet distance) and
-    up to `KID_REFERENCE_MAX` of the features themselves (KID's subsets are drawn from them)."""
+    up to `KID_REFERENCE_MAX` of the features themselves (KID's subsets are drawn from them).
+    `device`: where `feature_fn`'s network lives (the images are moved there)."""
     digest = hashlib.sha256(
         np.ascontiguousarray(images[:: max(1, len(images) // 64)]).tobytes()
     ).hexdigest()[:16]
@@ -106,7 +112,7 @@ def reference_features(
             mu, sigma = z["mu"], z["sigma"]
             if "kid_features" in z:  # caches written before KID lack them: recomputed
                 return mu, sigma, z["kid_features"]
-    features = extract_features(feature_fn, images, batch_size)
+    features = extract_features(feature_fn, images, batch_size, device=device)
     mu, sigma = feature_stats(features)
     if len(features) > KID_REFERENCE_MAX:
         keep = np.random.default_rng(0).choice(len(features), KID_REFERENCE_MAX, replace=False)
@@ -127,7 +133,9 @@ def reference_stats(
 
 
 def load_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Precomputed statistics: an `.npz` with `mu` and `sigma` (the usual FID stats files)."""
+    """Precomputed statistics: an `.npz` with `mu` and `sigma` (the usual FID stats files:
+    pytorch-fid's `--save-stats` output and EDM's reference `.npz` files hold these keys;
+    other arrays in the file are ignored)."""
     from sfbd.safeload import open_npz
 
     path = Path(path)

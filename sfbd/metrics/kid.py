@@ -16,7 +16,8 @@ SUBSET_SIZE = 1000
 
 def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """k(x, y) = (x.y / d + 1)^3 for all pairs of rows."""
-    return (x @ y.T / x.shape[1] + 1.0) ** 3
+    k = x @ y.T / x.shape[1] + 1.0
+    return k * k * k  # NumPy's power with exponent 3 is some 50 times slower
 
 
 def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:

@@ -144,7 +144,7 @@ def collect_rows(run: RunDir) -> tuple[SFBDConfig, list[dict]]:
         return row(label, f"baseline_{kind}", rec, rec["kimg"], run.baseline_checkpoint(kind))
 
     rows = [baseline("noisy", "noisy-only")]
-    for k in range(config.iterations + 1):
+    for k in sorted(by_iter):  # fewer than config.iterations after an early stop
         label = "pretrain-only" if k == 0 else f"SFBD iteration {k}"
         kimg = t.pretrain_kimg + k * t.refit_kimg
         rows.append(row(label, run.grid_prefix(k), by_iter[k], kimg, run.checkpoint(k)))
