@@ -1,8 +1,9 @@
 """A finished (or stopped) sweep's outputs, read from Ray Tune's `ResultGrid`: `results.csv`
 (one row per trial), `best.json` (the best trial, and with seeds the best point by its mean
 over seeds) and `heatmap.png` (the final metric over the first two axes that vary, averaged
-over the others and the seeds). Everything is written through `sfbd.storage.Location`, so
-`--out` may be a URI."""
+over the others and the seeds); with seeds, `points.md`: per point, the metric (and
+`noisy_distance`) after pretraining and each iteration as mean +/- std over the seeds.
+Everything is written through `sfbd.storage.Location`, so `--out` may be a URI."""
 
 from __future__ import annotations
 
@@ -192,11 +193,49 @@ def heatmap_axes(rows: list[dict], keys: list[str]) -> list[str]:
     return varying[:2] or ordered[:1]
 
 
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    v = np.asarray(values, dtype=np.float64)
+    spread = f" +/- {v.std(ddof=1):.4g}" if len(v) > 1 else ""
+    return f"{v.mean():.4g}{spread} (n={len(v)})"
+
+
+def points_table(rows: list[dict], space: SearchSpace, read_metrics) -> str:
+    """Markdown: for each point (the axis values but the seed), its metric and noisy_distance
+    after pretraining (iteration 0) and each iteration, mean +/- std (ddof 1) over the seeds
+    that reached it. `read_metrics(run_dir)` gives a trial's metrics.jsonl rows."""
+    keys = [k for k in space.keys() if k not in SEED_KEYS]
+    groups: dict[tuple, list[list[dict]]] = {}
+    for r in rows:
+        if r["run_dir"] and r["status"] != "failed":
+            groups.setdefault(tuple(r[k] for k in keys), []).append(read_metrics(r["run_dir"]))
+    lines = []
+    for point, runs in groups.items():
+        name = next((row["metric"] for m in runs for row in m), "metric")
+        title = ", ".join(f"{k}={format_value(v)}" for k, v in zip(keys, point, strict=True))
+        lines += [f"### {title or 'all trials'}", "", f"| iteration | {name} | noisy_distance |"]
+        lines.append("|---|---|---|")
+        for k in sorted({row["iteration"] for m in runs for row in m}):
+            at = [row for m in runs for row in m if row["iteration"] == k]
+            metric = [row[name] for row in at if row.get(name) is not None]
+            noisy = [row["noisy_distance"] for row in at if row.get("noisy_distance") is not None]
+            lines.append(f"| {k} | {_mean_std(metric)} | {_mean_std(noisy)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_results(results, space: SearchSpace, config: SFBDConfig, out: Location) -> list[dict]:
-    """`results.csv`, `best.json` and `heatmap.png` under `out`; returns the table's rows."""
+    """`results.csv`, `best.json`, `heatmap.png` and, with seeds, `points.md` under `out`;
+    returns the table's rows."""
+    from sfbd.rundir import RunDir
+
     rows = result_table(results, space, config)
     write_csv(rows, space, out / "results.csv")
     summary = best_summary(rows, space)
     (out / "best.json").write_text(json.dumps(summary, indent=1) + "\n")
     heatmap(rows, heatmap_axes(rows, space.keys()), out / "heatmap.png")
+    if space.seeds:
+        table = points_table(rows, space, lambda run_dir: RunDir(run_dir).read_metrics())
+        (out / "points.md").write_text(table)
     return rows

@@ -273,7 +273,7 @@ def test_search_space_of_grids_ranges_and_seeds():
 
 def test_best_json_and_heatmap_from_result_rows(tmp_path):
     from sfbd.storage import Location
-    from sfbd.sweep_results import best_summary, heatmap
+    from sfbd.sweep_results import best_summary, heatmap, points_table
     from sfbd.sweep_space import parse_grid
 
     space = SweepConfig(grid=(parse_grid("train.lr=1e-3,2e-3"),), seeds=2).space()
@@ -304,6 +304,18 @@ def test_best_json_and_heatmap_from_result_rows(tmp_path):
     many = [{**rows[0], "train.lr": i * 1e-4} for i in range(1, 40)]
     assert not heatmap(many, ["train.lr"], Location.of(tmp_path / "none.png"))
     assert best_summary([rows[-1]], space)["best"] is None
+    # points.md: per point and iteration, mean +/- std over the seeds that got there.
+    metrics = {
+        f"r{lr}-{seed}": [
+            {"iteration": 0, "metric": "swd", "swd": 1.0, "noisy_distance": 2.0},
+            {"iteration": 1, "metric": "swd", "swd": v, "noisy_distance": 2 * v},
+        ]
+        for (lr, seed), v in finals.items()
+    }
+    table = points_table(rows, space, metrics.get)
+    assert "### train.lr=0.002" in table and "| iteration | swd | noisy_distance |" in table
+    assert "| 1 | 0.175 +/- 0.03536 (n=2) | 0.35 +/- 0.07071 (n=2) |" in table
+    assert "| 0 | 1 +/- 0 (n=2) | 2 +/- 0 (n=2) |" in table
 
 
 def test_sweep_refuses_more_concurrent_trials_than_the_cpus_hold(ray_cluster, tmp_path, capsys):
