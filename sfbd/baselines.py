@@ -56,6 +56,13 @@ def all_clean_set(data_dir: Where, config: SFBDConfig) -> TrainSet:
     return TrainSet(source=source, count=count)
 
 
+def budget_kimg(run: RunDir, config: SFBDConfig) -> float:
+    """The baselines' training budget: the SFBD run's, pretrain_kimg + its iterations x
+    refit_kimg, with fewer iterations after an early stop (`iterations: auto`)."""
+    done = run.read_state().get("stopped_early", {}).get("iteration", config.iterations)
+    return config.train.pretrain_kimg + done * config.train.refit_kimg
+
+
 def run_baseline(kind: str, run_dir: Where, data_dir: Where, config: SFBDConfig) -> dict:
     """Train and evaluate one baseline; a completed one is read back, not redone."""
     from sfbd.stages.evaluate import evaluate_on_ray
@@ -68,9 +75,7 @@ def run_baseline(kind: str, run_dir: Where, data_dir: Where, config: SFBDConfig)
     if result_path.is_file():
         return read_json(result_path)
     shape = tuple(read_manifest(data_dir)["item_shape"])
-    # The SFBD run's budget: its iterations, fewer after an early stop (`iterations: auto`).
-    done = run.read_state().get("stopped_early", {}).get("iteration", config.iterations)
-    kimg = config.train.pretrain_kimg + done * config.train.refit_kimg
+    kimg = budget_kimg(run, config)
     ckpt = run.baseline_checkpoint(kind)
     summary = {"kimg": kimg}
     if not checkpoint_complete(ckpt):

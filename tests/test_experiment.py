@@ -1,6 +1,7 @@
-"""`sfbd experiment` (sfbd.studies.experiment): SFBD against its baselines at two clean
-fractions on a tiny image set, the all-clean baseline reading the originals without writing
-them, and a resumed run that trains nothing."""
+"""`sfbd experiment` (sfbd.studies.experiment): SFBD against its baselines with two seeds on a
+tiny image set, the all-clean baseline reading the originals without writing them, and a
+resumed run that trains nothing; `--seeds` over two fractions with `fit` faked (the all-clean
+model shared within a seed only); bad input."""
 
 import json
 import time
@@ -86,19 +87,25 @@ def test_experiment_table_baselines_and_resume(ray_cluster, tmp_path, unique_ima
         "eval.threads=1",
     ]
     out = tmp_path / "exp"
-    args = ["experiment", "--config", "fashion-mnist-cpu", "--clean-fractions", "0.1,0.25"]
-    args += ["--out", str(out), "--address", ray_cluster, "--feature-net", str(feature_net)]
-    args += ["--extra-metrics", "swd"] + [a for s in sets for a in ("--set", s)]
+    # One fraction, two seeds: seed 1 (seed=1, data.seed=1) in cf0.1-seed1.
+    args = ["experiment", "--config", "fashion-mnist-cpu", "--clean-fractions", "0.1"]
+    args += ["--seeds", "2", "--out", str(out), "--address", ray_cluster]
+    args += ["--feature-net", str(feature_net), "--extra-metrics", "swd"]
+    args += [a for s in sets for a in ("--set", s)]
+    names = ("cf0.1", "cf0.1-seed1")
     assert main(args) == 0
 
     results = json.loads((out / "results.json").read_text())
-    assert results["columns"] == ["fd", "swd_clean"]
-    assert [f["clean_fraction"] for f in results["fractions"]] == [0.1, 0.25]
+    assert results["columns"] == ["fd", "noisy_distance", "swd_clean"]
+    assert results["seeds"] == 2
+    (frac,) = results["fractions"]
+    assert frac["clean_fraction"] == 0.1
     table = (out / "results.md").read_text()
-    for frac, name in zip(results["fractions"], ("cf0.1", "cf0.25"), strict=True):
-        assert [r["row"] for r in frac["rows"]] == ROWS
-        for r in frac["rows"]:
-            assert set(r["metrics"]) == {"fd", "swd_clean"}
+    for seed, run_rows, name in zip((0, 1), frac["runs"], names, strict=True):
+        assert run_rows["seed"] == seed and run_rows["run_dir"] == str(out / name)
+        assert [r["row"] for r in run_rows["rows"]] == ROWS
+        for r in run_rows["rows"]:
+            assert set(r["metrics"]) == {"fd", "noisy_distance", "swd_clean"}
             assert all(np.isfinite(v) and v >= 0 for v in r["metrics"].values()), r
             assert "features.pt" in r["feature_net"]
             assert r["grid"] and (out / name / "grids").as_posix() in r["grid"]
@@ -106,22 +113,33 @@ def test_experiment_table_baselines_and_resume(ray_cluster, tmp_path, unique_ima
         # The all-clean baseline trained on every item, the noisy one on the noisy set.
         run = out / name
         noisy_ids, _ = read_split(run / "data", "noisy")
-        by_row = {r["row"]: r for r in frac["rows"]}
+        by_row = {r["row"]: r for r in run_rows["rows"]}
         assert by_row["all-clean"]["train_items"] == 400
         assert by_row["noisy-only"]["train_items"] == len(noisy_ids)
         assert by_row["all-clean"]["kimg"] == by_row["SFBD iteration 1"]["kimg"] == 0.48
-    # The all-clean model is the same at every fraction: trained once, evaluated in each run.
-    first, second = (out / n / "baselines" / "all-clean.pt" for n in ("cf0.1", "cf0.25"))
-    assert first.read_bytes() == second.read_bytes()
-    assert not (out / "cf0.25" / "train" / "baseline_all-clean").exists()
-    for row in ROWS:
-        assert f"| {row} |" in table
-    assert "fd (10% clean)" in table and "swd_clean (25% clean)" in table
+    # Every cell over the two seeds: their mean, n = 2.
+    for i, row in enumerate(frac["rows"]):
+        assert row["row"] == ROWS[i] and row["kimg"] == [frac["runs"][0]["rows"][i]["kimg"]]
+        for c in results["columns"]:
+            values = [run_rows["rows"][i]["metrics"][c] for run_rows in frac["runs"]]
+            cell = row["metrics"][c]
+            assert cell["n"] == 2 and cell["values"] == values
+            assert cell["mean"] == pytest.approx(sum(values) / 2)
+        assert f"| {row['row']} | " in table
+    assert table.count("(n=2)") == len(ROWS) * len(results["columns"])
+    assert "fd (10% clean)" in table and "noisy_distance (10% clean)" in table
+    # Another seed is another split and another all-clean model, trained in its own run.
+    clean = [read_split(out / n / "data", "clean")[0] for n in names]
+    assert not np.array_equal(np.sort(clean[0]), np.sort(clean[1]))
+    first, second = (out / n / "baselines" / "all-clean.pt" for n in names)
+    assert first.read_bytes() != second.read_bytes()
+    assert all((out / n / "train" / "baseline_all-clean").exists() for n in names)
+    assert results["notes"] == []
 
     # Nothing but the pipeline's outputs in the run directories: in particular no noisy-set
     # original, row by row (16 floats), while the clean items' rows are found (the control).
     images = np.load(unique_images)["images"].astype(np.float32) / 127.5 - 1
-    for name in ("cf0.1", "cf0.25"):
+    for name in names:
         run = out / name
         assert {p.name for p in run.iterdir()} <= RUN_ENTRIES
         assert all(
@@ -136,11 +154,11 @@ def test_experiment_table_baselines_and_resume(ray_cluster, tmp_path, unique_ima
         )
 
     # Again: everything is read back, nothing is trained or written in the run directories.
-    before = {n: _files(out / n) for n in ("cf0.1", "cf0.25")}
+    before = {n: _files(out / n) for n in names}
     t0 = time.time()
     assert main(args) == 0
     assert time.time() - t0 < 40
-    assert {n: _files(out / n) for n in ("cf0.1", "cf0.25")} == before
+    assert {n: _files(out / n) for n in names} == before
     assert json.loads((out / "results.json").read_text())["fractions"] == results["fractions"]
 
 
@@ -160,3 +178,112 @@ def test_bad_input_fails_before_any_work(tmp_path, capsys, flags, named):
     err = capsys.readouterr().err
     assert named in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_seeds_must_be_positive(tmp_path, capsys):
+    out = tmp_path / "exp"
+    for n in ("0", "-2"):
+        assert main(["experiment", "--config", "toy2d", "--out", str(out), "--seeds", n]) == 2
+        assert capsys.readouterr().err == "error: --seeds: must be >= 1\n"
+    flags = ["--seeds", "2", "--set", "data.seed=3"]
+    assert main(["experiment", "--config", "toy2d", "--out", str(out), *flags]) == 2
+    assert capsys.readouterr().err.startswith("error: --seeds: sets seed and data.seed")
+    assert not out.exists()
+
+
+def _fake_fit(calls: list, trained: list, stop_early: set):
+    """`sfbd.run.fit` without Ray: a finished run with a metrics row per iteration (distance
+    seed + k + clean fraction), the baselines asked for (a model that names its seed and
+    fraction, trained unless the run has one), stopped after iteration 1 when the run's name
+    is in `stop_early`."""
+    from sfbd.baselines import budget_kimg
+    from sfbd.config import load_config
+    from sfbd.rundir import RunDir
+    from sfbd.runfiles import checkpoint_complete, save_checkpoint, write_json_atomic
+
+    def fit(config, run_dir, *, overrides=(), address=None, baselines=()):
+        cfg, run = load_config(config, list(overrides)), RunDir(run_dir)
+        calls.append((run.name, list(overrides), list(baselines)))
+        run.write_config(cfg)
+        if not run.read_state().get("finished"):
+            last = 1 if run.name in stop_early else cfg.iterations
+            for k in range(last + 1):
+                value = cfg.seed + k + cfg.data.clean_fraction
+                run.append_metrics({"iteration": k, "metric": "swd_true", "swd_true": value})
+            state = {"completed": {}, "finished": True}
+            if last < cfg.iterations:
+                state["stopped_early"] = {"iteration": last, "reason": "test"}
+            run.write_state(state)
+        for kind in baselines:
+            ckpt = run.baseline_checkpoint(kind)
+            if not checkpoint_complete(ckpt):
+                trained.append((run.name, kind))
+                model = f"{kind} seed {cfg.seed} fraction {cfg.data.clean_fraction}"
+                save_checkpoint(ckpt, model.encode())
+            record = {"metric": "swd_true", "swd_true": 1.0, "kimg": budget_kimg(run, cfg)}
+            write_json_atomic(run.baseline_result(kind), {**record, "train_items": 10})
+
+    return fit
+
+
+def test_seeds_share_all_clean_within_a_seed_only(tmp_path, monkeypatch):
+    """Orchestration of `--seeds 2` over two fractions (fit faked): run names, seed overrides,
+    the all-clean model trained once per seed and budget, and a resume that trains nothing."""
+    from sfbd.rundir import RunDir
+    from sfbd.studies.experiment import run_experiment, share_all_clean
+
+    calls, trained = [], []
+    monkeypatch.setattr("sfbd.run.fit", _fake_fit(calls, trained, {"cf0.25-seed1"}))
+    monkeypatch.setattr("sfbd.run.init_ray", lambda address=None: None)
+    out = tmp_path / "exp"
+
+    def experiment():
+        return run_experiment(
+            "toy2d", [0.1, 0.25], out, seeds=2, overrides=["iterations=2"], extra="none", log=str
+        )
+
+    results = experiment()
+    assert [(c[0], c[2]) for c in calls] == [
+        ("cf0.1", ["noisy", "all-clean"]),
+        ("cf0.25", ["noisy"]),  # SFBD first: the budget decides the sharing
+        ("cf0.25", ["noisy", "all-clean"]),
+        ("cf0.1-seed1", ["noisy", "all-clean"]),  # no earlier run of seed 1
+        ("cf0.25-seed1", ["noisy"]),
+        ("cf0.25-seed1", ["noisy", "all-clean"]),
+    ]
+    assert calls[3][1] == ["iterations=2", "data.clean_fraction=0.1", "seed=1", "data.seed=1"]
+    # cf0.25 evaluates cf0.1's model; seed 1 trains its own, and cf0.25-seed1 stopped early:
+    # a smaller budget, so a model of its own too.
+    assert [name for name, kind in trained if kind == "all-clean"] == [
+        "cf0.1",
+        "cf0.1-seed1",
+        "cf0.25-seed1",
+    ]
+    model = {n: (out / n / "baselines" / "all-clean.pt").read_bytes() for n in ("cf0.1", "cf0.25")}
+    assert model["cf0.25"] == model["cf0.1"] == b"all-clean seed 0 fraction 0.1"
+    assert results["notes"] == [
+        "all-clean does not depend on the clean fraction: the model trained in `cf0.1` is also "
+        "evaluated in `cf0.25`."
+    ]
+    quarter = results["fractions"][1]
+    assert [r["run_dir"] for r in quarter["runs"]] == [
+        str(out / "cf0.25"),
+        str(out / "cf0.25-seed1"),
+    ]
+    assert quarter["runs"][0]["rows"][-1]["trained_in"] == str(out / "cf0.1")
+    assert "trained_in" not in quarter["runs"][1]["rows"][-1]
+    table = {r["row"]: r for r in quarter["rows"]}
+    it1, it2 = table["SFBD iteration 1"]["metrics"], table["SFBD iteration 2"]["metrics"]
+    assert it1["swd_true"]["values"] == [1.25, 2.25] and it1["swd_true"]["mean"] == 1.75
+    assert it2["swd_true"]["values"] == [2.25] and it2["swd_true"]["n"] == 1
+    assert table["all-clean"]["kimg"] == [250.0, 350.0]  # 150 + 1 x 100, 150 + 2 x 100
+    text = (out / "results.md").read_text()
+    assert "| SFBD iteration 2 | 350 | 2.6 +/- 0.7071 (n=2) | 2.25 (n=1) |" in text
+
+    # A model of another seed is never shared, even with the same budget.
+    assert share_all_clean([RunDir(out / "cf0.1")], RunDir(out / "cf0.1-seed1")) is None
+    # Again: everything read back, nothing trained, one fit per run.
+    calls.clear()
+    again = experiment()
+    assert len(calls) == 4 and len(trained) == 7
+    assert again["fractions"] == results["fractions"] and again["notes"] == results["notes"]

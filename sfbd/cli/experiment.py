@@ -5,10 +5,11 @@
     ray job submit --working-dir . -- python jobs/experiment.py --config fashion-mnist-gpu \\
         --feature-net /shared/fm_features.pt --out /shared/runs/experiment-fm
 
-For each clean fraction one SFBD run (as `sfbd run`, in OUT/cf<F>/) with the noisy-only and
-all-clean baselines; rows noisy-only, pretrain-only, SFBD iteration k, all-clean (see
+For each clean fraction one SFBD run per seed (as `sfbd run`, in OUT/cf<F>/, with `--seeds N`
+also OUT/cf<F>-seed<S>/ for S = 1..N-1) with the noisy-only and all-clean baselines; rows
+noisy-only, pretrain-only, SFBD iteration k, all-clean, mean +/- std over the seeds (see
 `sfbd.studies.experiment`). Writes OUT/results.json, OUT/results.md and
-OUT/comparison_cf<F>.png. Run the same command again to resume.
+OUT/comparison_<run>.png. Run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=floats("--clean-fractions"),
         default=(0.04, 0.1),
         help="comma-separated clean fractions in (0, 1), one SFBD run each (default 0.04,0.1)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="runs per clean fraction, seed s = 0..N-1 (--set seed=s --set data.seed=s; "
+        "run directory cf<F> for s = 0, cf<F>-seed<s> after); the table shows mean +/- std "
+        "(default 1: one run per fraction with the config's seeds)",
     )
     p.add_argument("--out", default=None, help="default: runs/experiment-<config name>")
     p.add_argument(
@@ -55,6 +64,7 @@ def main(args: argparse.Namespace) -> int:
         args.config,
         args.clean_fractions,
         args.out,
+        seeds=args.seeds,
         overrides=args.set,
         feature_net=args.feature_net,
         feature_net_epochs=args.feature_net_epochs,

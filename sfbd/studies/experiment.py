@@ -14,10 +14,15 @@ network's feature space (trained by `sfbd.metrics.classifier.train_feature_net` 
 file does not exist yet). Extra metrics add distances (swd: pixels; fid), computed on each
 row's checkpoint from the samples of its evaluation.
 
-    OUT/cf<F>/                 the SFBD run directory of clean fraction F (baselines in it)
-    OUT/results.json           every row: distances, kimg, sample grid, checkpoint
+With `seeds` N > 1 every fraction has N runs (seed = data.seed = 0..N-1) and every cell of
+the table is mean +/- std over them (`sfbd.studies.experiment_table`).
+
+    OUT/cf<F>/                 the SFBD run directory of clean fraction F, seed 0 (baselines
+                               in it); OUT/cf<F>-seed<S>/ that of seed S >= 1
+    OUT/results.json           every run's rows (distances, kimg, sample grid, checkpoint)
+                               and the rows over the seeds (mean, std, n, values)
     OUT/results.md             the table and where the sample grids are
-    OUT/comparison_cf<F>.png   the sample grids of fraction F side by side, in table order
+    OUT/comparison_<run>.png   a run's sample grids side by side, in table order
 
 Run it again to resume: finished stages, baselines and distances are read back.
 """
@@ -31,10 +36,37 @@ from pathlib import Path
 
 from sfbd.config import EvalConfig, SFBDConfig, load_config
 from sfbd.rundir import RunDir
-from sfbd.runfiles import read_json, write_json_atomic
+from sfbd.runfiles import (
+    DIGEST_SUFFIX,
+    checkpoint_complete,
+    read_checkpoint,
+    read_json,
+    save_checkpoint,
+    write_json_atomic,
+)
 from sfbd.storage import Location, Where
+from sfbd.studies.experiment_table import aggregate_rows, markdown
+
+__all__ = ["markdown", "run_experiment"]
 
 EXTRA = ("swd", "fid")
+# The data keys that the all-clean model does not depend on: it trains on every item of the
+# source (not `pretrain`'s), whatever the split and however the splits are stored.
+SPLIT_KEYS = (
+    "clean_fraction",
+    "tau",
+    "holdout_fraction",
+    "pretrain",
+    "pretrain_limit",
+    "shard_size",
+)
+
+
+def check_seeds(seeds: int) -> int:
+    """The number of seeds of an experiment: at least one."""
+    if seeds < 1:
+        raise ValueError("--seeds: must be >= 1")
+    return seeds
 
 
 def check_fractions(fractions: Sequence[float]) -> list[float]:
@@ -101,13 +133,15 @@ def ensure_feature_net(
 # -- rows -----------------------------------------------------------------------------------
 
 
-def frac_label(f: float) -> str:
-    return f"{f * 100:g}%"
+def run_name(f: float, seed: int = 0) -> str:
+    """The run directory of clean fraction `f` and seed `seed` under the experiment's folder
+    (seed 0 keeps the name of the runs before `--seeds`, so they resume)."""
+    return f"cf{f:g}" if seed == 0 else f"cf{f:g}-seed{seed}"
 
 
-def run_name(f: float) -> str:
-    """The run directory of clean fraction `f` under the experiment's folder."""
-    return f"cf{f:g}"
+def seed_overrides(seed: int) -> list[str]:
+    """The overrides of seed `seed`'s runs: the model's and the data split's seed."""
+    return [f"seed={seed}", f"data.seed={seed}"]
 
 
 def _grid(run: RunDir, prefix: str) -> Location | None:
@@ -128,11 +162,14 @@ def collect_rows(run: RunDir) -> tuple[SFBDConfig, list[dict]]:
     def row(label: str, key: str, record: dict, kimg: float, ckpt: Location) -> dict:
         metric = record["metric"]
         grid = _grid(run, key)
+        metrics = {metric: record[metric]}
+        if record.get("noisy_distance") is not None:  # runs from before it lack it
+            metrics["noisy_distance"] = record["noisy_distance"]
         return {
             "row": label,
             "key": key,
             "kimg": kimg,
-            "metrics": {metric: record[metric]},
+            "metrics": metrics,
             "feature_net": record.get("feature_net"),
             "train_items": record.get("train_items"),
             "grid": str(grid) if grid else None,
@@ -201,74 +238,69 @@ def add_extra_metrics(
             r["metrics"][done[m]["metric"]] = done[m]["value"]
 
 
-def share_all_clean(first: RunDir, run: RunDir) -> str | None:
-    """Give `run` the all-clean model of the experiment's first run, unless it has one.
+def all_clean_identity(run: RunDir) -> dict:
+    """What the all-clean model of a run with finished SFBD stages depends on: the model's
+    seed, the source of the data set (not the split: it trains on every original item), the
+    network, the training settings and the budget (`budget_kimg`: smaller after an early
+    stop)."""
+    from sfbd.baselines import budget_kimg
 
-    The all-clean baseline trains on every original item whatever the clean fraction, and the
-    runs of one experiment differ in `data.clean_fraction` alone: its model is the same for
-    every fraction, so it is trained once (it costs as much as a whole SFBD run) and evaluated
-    in each run against that run's reference. Returns the first run's directory when shared."""
-    from sfbd.runfiles import checkpoint_complete, read_checkpoint, save_checkpoint
-
-    src, dst = first.baseline_checkpoint("all-clean"), run.baseline_checkpoint("all-clean")
-    if first.root.path == run.root.path or not checkpoint_complete(src):
-        return None
-    if not checkpoint_complete(dst) and not run.baseline_result("all-clean").is_file():
-        save_checkpoint(dst, read_checkpoint(src))  # verified bytes, then their sha256
-    return str(first)
-
-
-# -- the table ------------------------------------------------------------------------------
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+    config = run.read_config()
+    data = dataclasses.asdict(config.data)
+    for key in SPLIT_KEYS:
+        data.pop(key)
+    return {
+        "seed": config.seed,
+        "data": data,
+        "network": dataclasses.asdict(config.network),
+        "train": dataclasses.asdict(config.train),
+        "kimg": budget_kimg(run, config),
+    }
 
 
-def _rel(path: str | None, out: Location) -> str | None:
-    if path is None:
-        return None
-    prefix = str(out).rstrip("/") + "/"
-    return path[len(prefix) :] if path.startswith(prefix) else path
+def _digest(path: Location) -> str | None:
+    sidecar = path.with_suffix_name(DIGEST_SUFFIX)
+    return sidecar.read_text().strip() if sidecar.is_file() else None
 
 
-def markdown(results: dict, out: Where) -> str:
-    """The results as a Markdown table with the notes and where the sample grids are."""
-    out = Location.of(out)
-    fractions = results["fractions"]
-    columns = results["columns"]
-    head = ["model", "kimg"] + [
-        f"{c} ({frac_label(f['clean_fraction'])} clean)" for f in fractions for c in columns
+def all_clean_pending(run: RunDir) -> bool:
+    """Whether `run` has neither an all-clean model nor its evaluation yet."""
+    return not (
+        checkpoint_complete(run.baseline_checkpoint("all-clean"))
+        or run.baseline_result("all-clean").is_file()
+    )
+
+
+def share_all_clean(earlier: Sequence[RunDir], run: RunDir) -> RunDir | None:
+    """Give `run` the all-clean model of an earlier run that trained the same one
+    (`all_clean_identity`), unless it has one; returns that run, or None.
+
+    The all-clean baseline trains on every original item whatever the clean fraction: runs
+    that differ in `data.clean_fraction` alone (the fractions of one seed, never two seeds)
+    train the same model, so it is trained once (it costs as much as a whole SFBD run) and
+    evaluated in each run against that run's reference. `run`'s SFBD stages must have
+    finished (its budget is known then). A run that has its model already names the run it
+    was copied from (same sha256), if any."""
+    sources = [
+        r
+        for r in earlier
+        if r.root.path != run.root.path and checkpoint_complete(r.baseline_checkpoint("all-clean"))
     ]
-    lines = [
-        f"Config `{results['config']}`"
-        + (
-            f" with {' '.join('`--set ' + s + '`' for s in results['overrides'])}"
-            if results["overrides"]
-            else ""
+    dst = run.baseline_checkpoint("all-clean")
+    if not all_clean_pending(run):
+        mine = _digest(dst)
+        return next(
+            (r for r in sources if mine and _digest(r.baseline_checkpoint("all-clean")) == mine),
+            None,
         )
-        + f"; distances: {', '.join(columns)} (lower is better)"
-        + (f"; feature net {results['feature_net']}" if results.get("feature_net") else "")
-        + ".",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    for i, r in enumerate(fractions[0]["rows"]):
-        cells = [r["row"], f"{r['kimg']:g}"]
-        for f in fractions:
-            metrics = f["rows"][i]["metrics"]
-            cells += [_fmt(metrics.get(c)) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [""] + list(results["notes"])
-    lines += ["", "Sample grids:", ""]
-    for f in fractions:
-        grids = ", ".join(f"{r['row']} `{_rel(r['grid'], out)}`" for r in f["rows"] if r["grid"])
-        side = f"`{_rel(f['comparison'], out)}` (side by side); " if f.get("comparison") else ""
-        lines.append(f"- {frac_label(f['clean_fraction'])} clean: {side}{grids}")
-    return "\n".join(lines) + "\n"
+    if not run.read_state().get("finished"):
+        return None
+    mine = all_clean_identity(run)
+    for r in sources:
+        if all_clean_identity(r) == mine:
+            save_checkpoint(dst, read_checkpoint(r.baseline_checkpoint("all-clean")))
+            return r
+    return None
 
 
 # -- the experiment -------------------------------------------------------------------------
@@ -279,6 +311,7 @@ def run_experiment(
     fractions: Sequence[float],
     out: Where | None = None,
     *,
+    seeds: int = 1,
     overrides: Sequence[str] = (),
     feature_net: str | None = None,
     feature_net_epochs: int = 2,
@@ -287,17 +320,27 @@ def run_experiment(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Run (or resume) the experiment: `config` is a preset name or a YAML path, `overrides`
-    apply to every run, `fractions` are the clean fractions. Every input is checked before
-    any work (one-line `ValueError`/`OSError`); a failed stage raises `StageFailed`. Writes
+    apply to every run, `fractions` are the clean fractions, `seeds` the runs per fraction
+    (seed s: `seed_overrides(s)` after `overrides`). Every input is checked before any work
+    (one-line `ValueError`/`OSError`); a failed stage raises `StageFailed`. Writes
     `OUT/results.json`, `OUT/results.md` and the comparison pictures; returns the results."""
+    from sfbd.baselines import KINDS
     from sfbd.run import fit, init_ray
     from sfbd.viz import comparison_image
 
+    seeds = check_seeds(seeds)
     fractions = check_fractions(fractions)
     given, overrides = list(overrides), list(overrides)
+    if seeds > 1:
+        fixed = [o for o in given if o.split("=")[0].strip() in ("seed", "data.seed")]
+        if fixed:
+            raise ValueError(
+                f"--seeds: sets seed and data.seed of every run; drop --set {fixed[0]}"
+            )
     base = load_config(config, given)
+    last = seed_overrides(seeds - 1) if seeds > 1 else []
     for f in fractions:  # every run's config, before any work
-        load_config(config, [*given, f"data.clean_fraction={f}"])
+        load_config(config, [*given, f"data.clean_fraction={f}", *last])
     extra_metrics(extra, base)
     out = Location.of(out or f"runs/experiment-{base.name}")
     out.check_writable("out")
@@ -307,50 +350,77 @@ def run_experiment(
         overrides += ["eval.metric=fd", f"eval.feature_net={net}"]
         base = load_config(config, overrides)
     extras, notes = extra_metrics(extra, base)
-    per_run = {f: [*overrides, f"data.clean_fraction={f}"] for f in fractions}
 
     init_ray(address)
     t0 = time.time()
+    runs: dict[float, list[dict]] = {f: [] for f in fractions}
+    done: dict[int, list[RunDir]] = {s: [] for s in range(seeds)}  # finished runs by seed
+    shared: dict[str, str] = {}  # run -> the run its all-clean model was trained in
+    columns: list[str] = []
+    # Seed by seed: an interrupted experiment has whole tables of the first seeds.
+    for s in range(seeds):
+        for f in fractions:
+            run = RunDir(out / run_name(f, s))
+            per_run = [*overrides, f"data.clean_fraction={f}"]
+            per_run += seed_overrides(s) if seeds > 1 else []
+            log(f"[experiment] clean fraction {f:g}, seed {s}: {run}")
+            if done[s] and all_clean_pending(run):
+                # The SFBD stages first: whether an earlier run's all-clean model is this
+                # run's depends on its budget, known once it has stopped.
+                fit(config, run, overrides=per_run, address=address, baselines=["noisy"])
+            source = share_all_clean(done[s], run)
+            fit(config, run, overrides=per_run, address=address, baselines=list(KINDS))
+            run_config, rows = collect_rows(run)
+            if source is not None:
+                shared[run_name(f, s)] = source.name
+                rows[-1]["trained_in"] = str(source)
+                trained = read_json(source.baseline_result("all-clean"))
+                rows[-1]["train_items"] = rows[-1]["train_items"] or trained.get("train_items")
+            add_extra_metrics(run, run_config, rows, extras, log=log)
+            for r in rows:
+                columns += [c for c in r["metrics"] if c not in columns]
+            picture = out / f"comparison_{run_name(f, s)}.png"
+            drawn = comparison_image([(r["row"], r["grid"]) for r in rows if r["grid"]], picture)
+            runs[f].append(
+                {
+                    "seed": s,
+                    "run_dir": str(run),
+                    "comparison": str(picture) if drawn else None,
+                    "rows": rows,
+                }
+            )
+            done[s].append(run)
+    by_source: dict[str, list[str]] = {}
+    for name, source in shared.items():
+        by_source.setdefault(source, []).append(name)
+    if by_source:
+        notes.append(
+            "all-clean does not depend on the clean fraction: "
+            + "; ".join(
+                f"the model trained in `{src}` is also evaluated in "
+                + ", ".join(f"`{n}`" for n in names)
+                for src, names in by_source.items()
+            )
+            + "."
+        )
     results = {
         "config": config,
         "out": str(out),
         "overrides": given,
+        "seeds": seeds,
         "feature_net": base.eval.feature_net if feature_net else None,
-        "fractions": [],
-        "notes": notes,
-    }
-    columns: list[str] = []
-    first = RunDir(out / run_name(fractions[0]))
-    for f in fractions:
-        run = RunDir(out / run_name(f))
-        log(f"[experiment] clean fraction {f:g}: {run}")
-        shared = share_all_clean(first, run)
-        fit(config, run, overrides=per_run[f], address=address, baselines=["noisy", "all-clean"])
-        run_config, rows = collect_rows(run)
-        if shared:
-            rows[-1]["trained_in"] = shared
-            first_row = results["fractions"][0]["rows"][-1]
-            rows[-1]["train_items"] = rows[-1]["train_items"] or first_row["train_items"]
-        add_extra_metrics(run, run_config, rows, extras, log=log)
-        for r in rows:
-            columns += [c for c in r["metrics"] if c not in columns]
-        picture = out / f"comparison_{run_name(f)}.png"
-        drawn = comparison_image([(r["row"], r["grid"]) for r in rows if r["grid"]], picture)
-        results["fractions"].append(
+        "fractions": [
             {
                 "clean_fraction": f,
-                "run_dir": str(run),
-                "comparison": str(picture) if drawn else None,
-                "rows": rows,
+                "runs": runs[f],
+                "rows": aggregate_rows([r["rows"] for r in runs[f]]),
             }
-        )
-    if len(fractions) > 1:
-        results["notes"].append(
-            f"all-clean does not depend on the clean fraction: trained once, in "
-            f"`{run_name(fractions[0])}`, and evaluated in every run."
-        )
-    results["columns"] = columns
-    results["seconds"] = time.time() - t0
+            for f in fractions
+        ],
+        "notes": notes,
+        "columns": columns,
+        "seconds": time.time() - t0,
+    }
     write_json_atomic(out / "results.json", results)
     (out / "results.md").write_text(markdown(results, out))
     log(f"[experiment] finished in {results['seconds']:.1f}s; {out / 'results.md'}")
