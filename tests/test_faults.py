@@ -258,7 +258,7 @@ def test_killed_orchestrator_then_killed_driver_resume_with_nothing_lost_or_dupl
         denoised = _wait_for(
             lambda: _scrape("ray_sfbd_images_denoised_total{"), 60, "images denoised metric"
         )
-        assert sum(float(line.rsplit(" ", 1)[1]) for line in denoised) >= 9800
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in denoised) >= 9310
         orch = _alive_actors("Orchestrator", t_start)[0]
         _wait_for(lambda: in_refit_with_checkpoint(1), 400, "refit_001 with a checkpoint", 0.2)
         os.kill(orch["Pid"], signal.SIGKILL)
@@ -304,8 +304,8 @@ def test_killed_orchestrator_then_killed_driver_resume_with_nothing_lost_or_dupl
     assert (run / "denoised" / "iter_002" / "_COMPLETE.json").read_text() == denoised2
     assert "stage 6/8: denoise_002" not in out and "refit_002: resumed from its checkpoint" in out
     assert [m["iteration"] for m in metrics] == [0, 1, 2]
-    assert final["completed"]["denoise_001"]["count"] == 9800  # toy2d: 10000 items, 2% clean
-    assert all(m["denoised"]["count"] == 9800 for m in metrics[1:])
+    assert final["completed"]["denoise_001"]["count"] == 9310  # toy2d: 10000, 2% clean, 5% held out
+    assert all(m["denoised"]["count"] == 9310 for m in metrics[1:])
     resumed = [final["completed"][f"refit_{k:03d}"]["resumed_from_kimg"] for k in (1, 2)]
     print(f"orchestrator killed in refit_001, driver in refit_002; resumed from {resumed} kimg")
     assert all(r is not None and r >= 10 - 0.1 for r in resumed)

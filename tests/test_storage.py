@@ -51,7 +51,7 @@ def test_prepared_data_round_trips_and_is_verified(root):
     out = f"{root}/data"
     prepare(DataConfig(dataset="toy2d", num=500, clean_fraction=0.1), out, lambda *_: 0)
     ids, y = read_split(out, "noisy")
-    assert len(ids) == 450 and y.shape == (450, 2)
+    assert len(ids) == 441 and y.shape == (441, 2)  # 450 observed, 2% of them held out
     verify_split(out)
     shard = Location.of(out) / "noisy" / "part-00000.parquet"
     data = bytearray(shard.read_bytes())
