@@ -254,8 +254,8 @@ class Orchestrator:
         stop = self.config.stop
         if not stop.auto or k == 0:
             return False
-        rows = [self.run.metrics_row(i) or {} for i in range(k + 1)]
-        distances = [row.get("noisy_distance") for row in rows]
+        by_iteration = {row["iteration"]: row for row in self.run.read_metrics()}  # one read
+        distances = [by_iteration.get(i, {}).get("noisy_distance") for i in range(k + 1)]
         if any(d is None for d in distances):
             self._log("warning: iterations: auto, but a metrics row lacks noisy_distance")
             return False

@@ -144,17 +144,22 @@ def classifier_file(spec: str) -> Path:
     return DEFAULT_ROOT.parent / "feature-nets" / f"{name}-classifier-e{CLASSIFIER_EPOCHS}.pt"
 
 
+def ensure_feature_net(
+    path: Path, dataset: str, epochs: int, root: str | None, log: Callable[[str], None] = print
+) -> Path:
+    """`path`, trained first (`train_feature_net` on `dataset`) when it does not exist."""
+    if not path.is_file():
+        log(f"feature network {path}: training it on {dataset} ({epochs} epochs)")
+        acc = train_feature_net(dataset, path, epochs, root, log=log)
+        log(f"feature network {path}: test accuracy {acc:.4f}")
+    return path
+
+
 def ensure_classifier(
     spec: str, root: str | None = None, log: Callable[[str], None] = print
 ) -> Path:
     """The TorchScript file of `classifier:NAME`, trained (seed 0, `CLASSIFIER_EPOCHS` epochs on
     the training split) unless this machine already has it."""
     check_classifier_spec(spec)
-    path = classifier_file(spec)
-    if not path.is_file():
-        log(f"feature network {spec}: training it once into {path}")
-        acc = train_feature_net(
-            spec[len(CLASSIFIER_SPEC) :], path, CLASSIFIER_EPOCHS, root, log=log
-        )
-        log(f"feature network {spec}: test accuracy {acc:.4f}")
-    return path
+    name = spec[len(CLASSIFIER_SPEC) :]
+    return ensure_feature_net(classifier_file(spec), name, CLASSIFIER_EPOCHS, root, log)

@@ -116,7 +116,7 @@ def ensure_feature_net(
     path: Path, config: SFBDConfig, epochs: int, log: Callable[[str], None] = print
 ) -> None:
     """Train the feature network (`train_feature_net`) on `data.dataset` unless it exists."""
-    from sfbd.metrics.classifier import train_feature_net
+    from sfbd.metrics import classifier
 
     if path.is_file():
         return
@@ -125,9 +125,7 @@ def ensure_feature_net(
             f"--feature-net {path} does not exist, and sfbd train-classifier trains one for "
             f"fashion-mnist or mnist only (data.dataset is {config.data.dataset!r})"
         )
-    log(f"[experiment] training the feature network {path} ({epochs} epochs)")
-    acc = train_feature_net(config.data.dataset, path, epochs, root=config.data.root, log=log)
-    log(f"[experiment] feature network {path}: test accuracy {acc:.4f}")
+    classifier.ensure_feature_net(path, config.data.dataset, epochs, config.data.root, log)
 
 
 # -- rows -----------------------------------------------------------------------------------
