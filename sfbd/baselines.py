@@ -33,14 +33,15 @@ def all_clean_set(data_dir: Where, config: SFBDConfig) -> TrainSet:
     made = manifest.get("config") or {}
     spec = made.get("dataset", manifest["source"])
     kind, _, path = spec.partition(":")
-    if kind in ("npz", "folder") and path:  # workers may run in another directory
-        spec = f"{kind}:{Path(path).resolve()}"
+    if kind in ("npz", "folder", "zip") and path and "://" not in path:
+        spec = f"{kind}:{Path(path).resolve()}"  # workers may run in another directory
     source = {
         "spec": spec,
         "root": config.data.root,  # not part of the manifest: where this cluster keeps it
         "limit": made.get("limit"),
         "num": made.get("num", config.data.num),
         "seed": made.get("seed", manifest["seed"]),
+        "resolution": made.get("resolution"),
     }
     try:
         src = load_source(**source)

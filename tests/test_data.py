@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -14,6 +15,13 @@ from sfbd.cli import main
 from sfbd.data import load_source, noise_for, read_manifest, read_split, verify_split
 from sfbd.data.prepare import DataConfig, prepare
 from sfbd.data.sources import DEBIAN_FASHION_MNIST
+from sfbd.data.store import (
+    auto_encoding,
+    items_table,
+    split_encoding,
+    table_items,
+    write_shards,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TAU = 0.59
@@ -77,20 +85,81 @@ def test_noise_has_std_tau_and_depends_only_on_seed_and_id(tmp_path, npz_images)
     )
 
 
-def test_no_clean_original_of_the_noisy_part_is_written(tmp_path, npz_images):
+@pytest.mark.parametrize("noisy_dtype", ["float32", "float16"])
+def test_no_clean_original_of_the_noisy_part_is_written(tmp_path, npz_images, noisy_dtype):
     path, images = npz_images
-    out = _prepare(tmp_path, path, clean_fraction=0.1)
+    out = _prepare(tmp_path, path, clean_fraction=0.1, noisy_dtype=noisy_dtype)
     blob = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
     items = images.astype(np.float32) / 127.5 - 1
     noisy_ids, _ = read_split(out, "noisy")
     clean_ids, _ = read_split(out, "clean")
-    # Positive control: the clean items' bytes are found, row by row (8 floats = 32 bytes)...
-    assert all(items[i, 0, 3].tobytes() in blob for i in clean_ids)
-    # ...while no row of any noisy-set original, nor the original uint8 image, is.
-    assert not any(
-        items[i, c, r].tobytes() in blob for i in noisy_ids for c in range(3) for r in range(8)
-    )
+    # Positive control: the clean items are found row by row in the encoding they are stored
+    # in, 8-bit pixel codes (8 bytes a row), and not as float32 rows...
+    assert split_encoding(out, "clean") == "uint8"
+    assert all(images[i, 0, 3].tobytes() in blob for i in clean_ids)
+    assert not any(items[i, 0, 3].tobytes() in blob for i in clean_ids)
+    # ...while no row of any noisy-set original is, in any encoding: float32 (32 bytes),
+    # float16 (16 bytes) or pixel codes (8 bytes); nor the original uint8 image.
+    rows = [(i, c, r) for i in noisy_ids for c in range(3) for r in range(8)]
+    assert not any(items[i, c, r].tobytes() in blob for i, c, r in rows)
+    assert not any(items[i, c, r].astype(np.float16).tobytes() in blob for i, c, r in rows)
+    assert not any(images[i, c, r].tobytes() in blob for i, c, r in rows)
     assert not any(images[i].tobytes() in blob for i in noisy_ids)
+
+
+def _x_bytes(shard: Path) -> int:
+    """Bytes of the `x` column in a shard file (its only row group)."""
+    return pq.ParquetFile(shard).metadata.row_group(0).column(1).total_compressed_size
+
+
+def test_compact_storage_is_exact_for_8_bit_clean_items_and_halves_float16(tmp_path, npz_images):
+    path, images = npz_images
+    a = _prepare(tmp_path, path, "a", clean_fraction=0.5)
+    b = _prepare(tmp_path, path, "b", clean_fraction=0.5, noisy_dtype="float16")
+    encodings = {k: v["encoding"] for k, v in read_manifest(b)["splits"].items()}
+    assert encodings == {"clean": "uint8", "noisy": "float16", "holdout": "float16"}
+    assert read_manifest(a)["splits"]["noisy"]["encoding"] == "float32"
+    # Clean: bit-identical to the source's float32 items, in a quarter of float32's bytes.
+    ids, clean = read_split(b, "clean")
+    assert clean.dtype == np.float32
+    assert np.array_equal(clean, images[ids].astype(np.float32) / 127.5 - 1)
+    write_shards(tmp_path / "f32", ids, clean, 1000, "float32")
+    u8, f32 = (
+        _x_bytes(b / "clean" / "part-00000.parquet"),
+        _x_bytes(tmp_path / "f32" / "part-00000.parquet"),
+    )
+    assert clean.size <= u8 < clean.size + 1024 and abs(f32 / u8 - 4) < 0.01
+    # Noisy: float16's rounding of the float32 observations, in half the bytes.
+    ids16, y16 = read_split(b, "noisy")
+    ids32, y32 = read_split(a, "noisy")
+    assert np.array_equal(ids16, ids32) and y16.dtype == np.float32
+    assert np.array_equal(y16, y32.astype(np.float16).astype(np.float32))
+    assert np.all(np.abs(y16 - y32) <= np.abs(y32) * 2.0**-11 + 2.0**-24)
+    half = _x_bytes(b / "noisy" / "part-00000.parquet") / _x_bytes(
+        a / "noisy" / "part-00000.parquet"
+    )
+    assert abs(half - 0.5) < 0.01
+    # The storage dtype is part of the prepared identity.
+    with pytest.raises(FileExistsError, match="other settings"):
+        _prepare(tmp_path, path, "b", clean_fraction=0.5)
+
+
+def test_every_encoding_decodes_and_uint8_takes_only_pixel_codes():
+    codes = np.arange(256, dtype=np.uint8).reshape(4, 64)
+    items = codes.astype(np.float32) / 127.5 - 1
+    for encoding in ("float32", "float16", "uint8"):
+        ids, back = table_items(items_table(np.arange(4), items, encoding), (64,))
+        assert ids.tolist() == [0, 1, 2, 3] and back.dtype == np.float32
+        assert np.abs(back - items).max() <= (2.0**-11 if encoding == "float16" else 0)
+    # A slice of a table decodes its own rows (uint8 codes sit in one shared buffer).
+    table = items_table(np.arange(4), items, "uint8").slice(1, 2)
+    assert np.array_equal(table_items(table, (64,))[1], items[1:3])
+    assert auto_encoding(items, "image") == "uint8" and auto_encoding(items, "vector") == "float32"
+    assert auto_encoding(items + 1e-3, "image") == "float32"
+    with pytest.raises(ValueError, match="encoding: uint8"):
+        items_table(np.arange(4), items * 0.999, "uint8")
+    with pytest.raises(ValueError, match="encoding: 'int4'; allowed"):
+        items_table(np.arange(4), items, "int4")
 
 
 def test_manifest_detects_a_changed_shard(tmp_path, npz_images):
@@ -137,6 +206,7 @@ def test_toy2d(tmp_path):
     assert read_split(out, "holdout")[1].shape == (19, 2)  # 2% of the 950 observed
     r = np.linalg.norm(read_split(out, "clean")[1], axis=1)
     assert abs(r.mean() - 1.0) < 0.05  # clean points lie on the unit ring
+    assert split_encoding(out, "clean") == "float32"  # vectors: never pixel codes
 
 
 @pytest.mark.skipif(
@@ -179,10 +249,6 @@ def _bad_inputs(tmp_path):
     np.savez(nan, images=np.where(np.eye(4)[None, None] > 0, np.nan, 0.0).repeat(10, 0))
     inf = tmp_path / "inf.npz"
     np.savez(inf, x=np.array([[0.0, np.inf]] * 10))
-    mixed = tmp_path / "mixed"
-    mixed.mkdir()
-    Image.fromarray(np.zeros((4, 4), np.uint8)).save(mixed / "a.png")
-    Image.fromarray(np.zeros((5, 4), np.uint8)).save(mixed / "b.png")
     empty = tmp_path / "empty"
     empty.mkdir()
     return [
@@ -201,7 +267,6 @@ def _bad_inputs(tmp_path):
         (["--dataset", f"npz:{tmp_path / 'nope.npz'}"], "does not exist"),
         (["--dataset", f"npz:{nan}"], "NaN or infinite"),
         (["--dataset", f"npz:{inf}"], "NaN or infinite"),
-        (["--dataset", f"folder:{mixed}"], "mixed image shapes"),
         (["--dataset", f"folder:{empty}"], "no PNG or JPEG"),
     ]
 

@@ -46,11 +46,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "then --clean-fraction may be 0",
     )
     p.add_argument("--pretrain-limit", type=int, default=None, help="keep its first N items")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="folder:/zip: images: scale each one's centre square to this size "
+        "(default: the images' own size, which must then be one size)",
+    )
+    p.add_argument(
+        "--noisy-dtype",
+        default=d.noisy_dtype,
+        help="storage of the noisy and holdout splits: float32 or float16 (half the bytes)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
-    from sfbd.data.prepare import DataConfig, prepare
+    from sfbd.data.prepare import DataConfig
     from sfbd.data.store import read_manifest
+    from sfbd.stages.prepare_images import prepare_data
 
     config = DataConfig(
         dataset=args.dataset,
@@ -64,8 +77,10 @@ def main(args: argparse.Namespace) -> int:
         holdout_fraction=args.holdout_fraction,
         pretrain=args.pretrain,
         pretrain_limit=args.pretrain_limit,
+        resolution=args.resolution,
+        noisy_dtype=args.noisy_dtype,
     )
-    out = prepare(config, args.out)
+    out = prepare_data(config, args.out)
     m = read_manifest(out)
     summary = {k: m[k] for k in ("source", "item_shape", "tau", "seed", "clean_fraction")}
     summary.update({split: m["splits"][split]["count"] for split in m["splits"]})

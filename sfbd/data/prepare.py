@@ -6,12 +6,20 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from sfbd.data.images import image_files_kind
 from sfbd.data.sources import Source, check_dataset_spec, load_source
 from sfbd.data.split import check_split_args, holdout_indices, observe, split_indices
-from sfbd.data.store import MANIFEST, read_manifest, write_manifest, write_shards
+from sfbd.data.store import (
+    MANIFEST,
+    auto_encoding,
+    read_manifest,
+    write_manifest,
+    write_shards,
+)
 from sfbd.storage import Location, Where
 
 DATA_FORMAT = "sfbd-data-v1"
+NOISY_DTYPES = ("float32", "float16")
 
 
 @dataclass
@@ -35,12 +43,19 @@ class DataConfig:
     # a related set); with it clean_fraction may be 0 (all of `dataset` observed noisy).
     pretrain: str | None = None
     pretrain_limit: int | None = None  # keep only the first items of `pretrain`
+    # Side of the square images of a folder: or zip: data set (each one's centre square is
+    # scaled to it); None keeps the images' own size, which must then be one size.
+    resolution: int | None = None
+    # Storage of the noisy and holdout splits: float32, or float16 (half the bytes; the clean
+    # split is stored as 8-bit pixel codes by itself when that is exact, else float32).
+    noisy_dtype: str = "float32"
 
     def validate(self) -> None:
         check_split_args(
             self.clean_fraction, self.tau, self.holdout_fraction, self.pretrain is not None
         )
         check_dataset_spec(self.dataset)
+        check_resolution(self.resolution, self.dataset)
         if self.pretrain is not None:
             try:
                 check_dataset_spec(self.pretrain)
@@ -56,6 +71,10 @@ class DataConfig:
             raise ValueError(f"num: {self.num}; must be >= 2")
         if self.pretrain is None and self.pretrain_limit is not None:
             raise ValueError("pretrain_limit: set, but data.pretrain is not")
+        if self.noisy_dtype not in NOISY_DTYPES:
+            raise ValueError(
+                f"noisy_dtype: {self.noisy_dtype!r}; allowed: {', '.join(NOISY_DTYPES)}"
+            )
 
     def identity(self) -> dict:
         """The fields that determine the prepared content."""
@@ -63,7 +82,29 @@ class DataConfig:
 
 
 # Keys added to DataConfig since data was first prepared, with the value older data means.
-ADDED = {"holdout_fraction": 0.0, "pretrain": None, "pretrain_limit": None}
+ADDED = {
+    "holdout_fraction": 0.0,
+    "pretrain": None,
+    "pretrain_limit": None,
+    "noisy_dtype": "float32",
+    "resolution": None,
+}
+
+
+def check_resolution(resolution, dataset: str) -> None:
+    """`data.resolution`: None, or a whole number of pixels for an image folder or zip."""
+    if resolution is None:
+        return
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise ValueError(
+            f"resolution: {resolution!r}; must be a whole number of pixels >= 1, or null "
+            f"(the images' own size)"
+        )
+    if image_files_kind(dataset) is None:
+        raise ValueError(
+            f"resolution: {resolution} applies to folder: and zip: image data sets; "
+            f"dataset {dataset} keeps its own size (set null)"
+        )
 
 
 def _same_identity(recorded: dict | None, config: DataConfig) -> bool:
@@ -85,6 +126,7 @@ def load_pretrain(config: DataConfig, like: Source) -> Source:
         limit=config.pretrain_limit,
         num=config.num,
         seed=config.seed + 1,  # a toy drawn apart from the observed one
+        resolution=config.resolution if image_files_kind(config.pretrain) else None,
     )
     if src.item_shape != like.item_shape:
         raise ValueError(
@@ -94,24 +136,37 @@ def load_pretrain(config: DataConfig, like: Source) -> Source:
     return src
 
 
-def prepare(config: DataConfig, out: Where, log=print) -> Location:
-    """Write the prepared directory `out` (a path or URI); a complete identical one is kept
-    as is. The manifest is written last: a folder without one is not prepared data."""
-    config.validate()
-    out = Location.of(out)
+def already_prepared(config: DataConfig, out: Location, log=print) -> bool:
+    """True when `out` holds data prepared with these settings; an error when it holds
+    anything else, or cannot be written."""
     if (out / MANIFEST).is_file():
         if _same_identity(read_manifest(out).get("config"), config):
             log(f"data: {out} already prepared with these settings; nothing to do")
-            return out
+            return True
         raise FileExistsError(
             f"out: {out} holds data prepared with other settings; choose another --out"
         )
     if out.children():
         raise FileExistsError(f"out: {out} exists, is not empty and has no {MANIFEST}")
     out.parent.check_writable("out")
+    return False
+
+
+def prepare(config: DataConfig, out: Where, log=print) -> Location:
+    """Write the prepared directory `out` (a path or URI); a complete identical one is kept
+    as is. The manifest is written last: a folder without one is not prepared data."""
+    config.validate()
+    out = Location.of(out)
+    if already_prepared(config, out, log):
+        return out
 
     src = load_source(
-        config.dataset, root=config.root, limit=config.limit, num=config.num, seed=config.seed
+        config.dataset,
+        root=config.root,
+        limit=config.limit,
+        num=config.num,
+        seed=config.seed,
+        resolution=config.resolution,
     )
     extra = load_pretrain(config, src) if config.pretrain is not None else None
     n = len(src.items)
@@ -132,11 +187,19 @@ def prepare(config: DataConfig, out: Where, log=print) -> Location:
     if tmp is not out:
         tmp.remove()
     try:
-        clean = write_shards(tmp / "clean", clean_ids, clean_items, config.shard_size)
+        clean_encoding = auto_encoding(clean_items, src.kind)
+        clean = write_shards(
+            tmp / "clean", clean_ids, clean_items, config.shard_size, clean_encoding
+        )
         noisy_y = observe(src.items[noisy_ids], noisy_ids, config.tau, config.seed)
-        noisy = write_shards(tmp / "noisy", noisy_ids, noisy_y, config.shard_size)
+        noisy = write_shards(
+            tmp / "noisy", noisy_ids, noisy_y, config.shard_size, config.noisy_dtype
+        )
         held_y = observe(src.items[holdout_ids], holdout_ids, config.tau, config.seed)
-        held = write_shards(tmp / "holdout", holdout_ids, held_y, config.shard_size)
+        held = write_shards(
+            tmp / "holdout", holdout_ids, held_y, config.shard_size, config.noisy_dtype
+        )
+        noisy_enc = config.noisy_dtype
         manifest = {
             "format": DATA_FORMAT,
             "source": src.name,
@@ -147,9 +210,9 @@ def prepare(config: DataConfig, out: Where, log=print) -> Location:
             "seed": config.seed,
             "clean_fraction": config.clean_fraction,
             "splits": {
-                "clean": {"count": len(clean_ids), "shards": clean},
-                "noisy": {"count": len(noisy_ids), "shards": noisy},
-                "holdout": {"count": len(holdout_ids), "shards": held},
+                "clean": {"count": len(clean_ids), "shards": clean, "encoding": clean_encoding},
+                "noisy": {"count": len(noisy_ids), "shards": noisy, "encoding": noisy_enc},
+                "holdout": {"count": len(holdout_ids), "shards": held, "encoding": noisy_enc},
             },
             "pretrain": None
             if extra is None

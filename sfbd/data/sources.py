@@ -1,11 +1,15 @@
 """Data sources: every source yields float32 items, images scaled to [-1, 1].
 
-Specs (`--dataset`): `cifar10`, `fashion-mnist`, `mnist`, `folder:PATH`, `npz:PATH`, `toy2d`.
-CIFAR-10 and MNIST come through torchvision (downloaded into `root`, or read from it
-offline); Fashion-MNIST and MNIST also read the original idx gz files from a directory,
-Debian's `dataset-fashion-mnist` among them. `NAME:test` names the held-out split of those
-three (`NAME:train` the training split, the default); `toy2d:rotate=DEG` is the toy ring turned
-by DEG degrees (a deformed look-alike of the target, for `data.pretrain`).
+Specs (`--dataset`): `cifar10`, `fashion-mnist`, `mnist`, `folder:PATH`, `zip:PATH`,
+`npz:PATH`, `toy2d`. `folder:` takes a local folder or a folder URI (`s3://`, `gs://`, any URI
+`sfbd.storage` reads), `zip:` a zip of images such as EDM's `dataset_tool.py` writes (a
+`folder:` path ending in .zip is read as one); their images are read by `sfbd.data.images`,
+brought to one size by `resolution`. CIFAR-10 and MNIST come through torchvision (downloaded
+into `root`, or read from it offline); Fashion-MNIST and MNIST also read the original idx gz
+files from a directory, Debian's `dataset-fashion-mnist` among them. `NAME:test` names the
+held-out split of those three (`NAME:train` the training split, the default);
+`toy2d:rotate=DEG` is the toy ring turned by DEG degrees (a deformed look-alike of the target,
+for `data.pretrain`).
 """
 
 from __future__ import annotations
@@ -18,18 +22,21 @@ from pathlib import Path
 
 import numpy as np
 
+from sfbd.data.images import image_files_kind, list_image_files, read_images
+from sfbd.storage import Location
+
 DATASETS = (
     "cifar10[:test]",
     "fashion-mnist[:test]",
     "mnist[:test]",
     "folder:PATH",
+    "zip:PATH",
     "npz:PATH",
     "toy2d[:rotate=DEG]",
 )
 NAMED = ("cifar10", "fashion-mnist", "mnist")  # the data sets with a training and a test split
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sfbd" / "datasets"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 @dataclass
@@ -48,13 +55,21 @@ class Source:
 def check_dataset_spec(spec: str) -> None:
     """Validate a `--dataset` value without loading anything (one-line errors)."""
     name, _, path = spec.partition(":")
-    if name in ("folder", "npz"):
+    if name in ("folder", "zip") and path:
+        where = Location.of(path)  # a local path or a URI
+        if not where.exists():
+            raise FileNotFoundError(f"dataset: {name} path {path} does not exist")
+        if image_files_kind(spec) == "zip" and not where.is_file():
+            raise IsADirectoryError(f"dataset: zip path {path} is not a file")
+        if image_files_kind(spec) == "folder" and not where.is_dir():
+            raise NotADirectoryError(
+                f"dataset: folder path {path} is not a directory (a zip of images ends in .zip)"
+            )
+    elif name in ("folder", "zip", "npz"):
         if not path:
             raise ValueError(f"dataset: {spec!r} needs a path, e.g. {name}:/data/images")
         if not Path(path).exists():
             raise FileNotFoundError(f"dataset: {name} path {path} does not exist")
-        if name == "folder" and not Path(path).is_dir():
-            raise NotADirectoryError(f"dataset: folder path {path} is not a directory")
     elif name in NAMED and path:
         if path not in ("train", "test"):
             raise ValueError(f"dataset: {spec!r}: the split of {name} is train or test")
@@ -83,9 +98,14 @@ def load_source(
     num: int = 20000,
     seed: int = 0,
     download: bool = True,
+    resolution: int | None = None,
 ) -> Source:
-    """Load a data set by spec. `limit` keeps the first items; `num`/`seed` size the toy."""
+    """Load a data set by spec. `limit` keeps the first items; `num`/`seed` size the toy;
+    `resolution` centre-crops the images of a folder or zip to that size (None: their own
+    size, which must then be one size)."""
     check_dataset_spec(spec)
+    if resolution is not None and image_files_kind(spec) is None:
+        raise ValueError(f"resolution: {resolution} applies to folder: and zip: images, not {spec}")
     name, _, path = spec.partition(":")
     root = Path(root) if root else None
     if name in NAMED and path:
@@ -97,8 +117,9 @@ def load_source(
             turn = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]], np.float32)
             items = items @ turn  # row vectors: x @ R^T turns each point by +a
         src = Source(spec, items, "vector")
-    elif name == "folder":
-        src = Source(spec, _load_folder(Path(path), limit), "image")
+    elif image_files_kind(spec) is not None:
+        files = list_image_files(spec, limit)
+        src = Source(spec, _to_unit_range(read_images(files, resolution)), "image")
     elif name == "npz":
         src = _load_npz(Path(path))
     elif name == "fashion-mnist":
@@ -232,30 +253,6 @@ def _load_cifar10(root: Path | None, train: bool, download: bool) -> np.ndarray:
             f"place cifar-10-python.tar.gz or cifar-10-batches-py/ there and pass it as root"
         ) from exc
     return _to_unit_range(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
-
-
-def _load_folder(path: Path, limit: int | None) -> np.ndarray:
-    from PIL import Image
-
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"dataset: folder {path} has no PNG or JPEG images")
-    if limit is not None:
-        files = files[:limit]
-    images, first_shape = [], None
-    for f in files:
-        with Image.open(f) as im:
-            arr = np.asarray(im.convert("L" if im.mode in ("L", "1", "I;16") else "RGB"))
-        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-        if first_shape is None:
-            first_shape = arr.shape
-        elif arr.shape != first_shape:
-            raise ValueError(
-                f"dataset: mixed image shapes in folder {path}: {files[0].name} is "
-                f"{first_shape}, {f.name} is {arr.shape} (C, H, W); resize them to one shape"
-            )
-        images.append(arr)
-    return _to_unit_range(np.stack(images))
 
 
 def _load_npz(path: Path) -> Source:
