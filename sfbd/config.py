@@ -15,7 +15,7 @@ import yaml
 from sfbd.data.prepare import DataConfig
 from sfbd.diffusion.augment import AUGMENT_DIM
 from sfbd.diffusion.networks import PRESETS, MLPShape, NetworkConfig
-from sfbd.diffusion.training import TrainConfig
+from sfbd.diffusion.training import TrainConfig, check_ingest
 from sfbd.stopping import AUTO_CAP, StopConfig
 
 __all__ = [
@@ -43,6 +43,10 @@ class DenoiseConfig:
     gpus_per_actor: float = 1.0  # used when the cluster has GPUs
     threads: int = 0  # torch threads per actor; 0: Ray's default
     compile: bool = False  # torch.compile the denoiser once per actor (worth it on GPUs)
+    out_dtype: str = "float32"  # storage of the denoised sets: float32 or float16 (half the bytes)
+
+
+OUT_DTYPES = ("float32", "float16")
 
 
 @dataclass
@@ -121,6 +125,11 @@ class SFBDConfig:
         for key, value in nonneg.items():
             if value < 0:
                 raise ValueError(f"config: {key} = {value!r}; must be >= 0")
+        if self.denoise.out_dtype not in OUT_DTYPES:
+            raise ValueError(
+                f"config: denoise.out_dtype = {self.denoise.out_dtype!r}; "
+                f"allowed: {', '.join(OUT_DTYPES)}"
+            )
         ref = self.eval.reference
         if ref not in ("clean", "test", "train") and not ref.startswith("npz:"):
             raise ValueError(
@@ -159,6 +168,7 @@ class SFBDConfig:
                 f"denoised set alone, Algorithm 1 line 4) or be null (by set size)"
             )
         self._validate_augment()
+        check_ingest(self.train)
         workers = self.train.num_workers
         if workers < 0:
             raise ValueError(
@@ -377,7 +387,12 @@ def config_from_dict(data: dict, overrides: list[str] | None = None) -> SFBDConf
 
 # Keys added since runs were first written whose default is not what a run without them did:
 # a config.yaml that lacks one is read with the value given here.
-ADDED_KEYS = {"data.holdout_fraction": 0.0}
+ADDED_KEYS = {
+    "data.holdout_fraction": 0.0,
+    "data.noisy_dtype": "float32",
+    "denoise.out_dtype": "float32",
+    "train.ingest": "memory",
+}
 
 
 def _missing_added_keys(data: dict) -> dict:

@@ -119,13 +119,13 @@ def prepare_run_dir(config: SFBDConfig, run: RunDir, data: Location | None) -> L
     """Prepare the data (unless given), resolve the network's shape from it, and write (or
     check) the run's config. Returns the data's location."""
     from sfbd.config import adopt_added_keys
-    from sfbd.data.prepare import prepare
     from sfbd.metrics.classifier import ensure_classifier, is_classifier_spec
+    from sfbd.stages.prepare_images import prepare_data
 
     if run.config_file.is_file():
         adopt_added_keys(config, run.config_file.read_text(), str(run.config_file), note=log)
     if data is None:
-        data = prepare(config.data, run.data, log=log)
+        data = prepare_data(config.data, run.data, log=log)
     if is_classifier_spec(config.eval.feature_net):  # trained here, before the stages, once
         ensure_classifier(config.eval.feature_net, config.data.root, log=log)
     manifest = read_manifest(data)

@@ -14,8 +14,8 @@ when it ends:
 - train: a Ray Train placement group of `train.num_workers` x `train.cpus_per_worker`, reserved
   whole or not at all; `train.num_workers = 0` (local mode) trains in the orchestrator's
   process and reserves nothing (it shares the cores' time);
-- denoise: `denoise.num_actors` actors of `denoise.cpus_per_actor`, and one writing task of
-  `IO_CPUS` at a time; the input comes from the object store, with no read tasks;
+- denoise: `denoise.num_actors` actors of `denoise.cpus_per_actor`, and one reading and one
+  writing task of `IO_CPUS / 2` each at a time (no listing or metadata tasks);
 - evaluate: a sampling actor of `eval.cpus` (one actor per GPU on GPU clusters), then a
   metrics task of `eval.cpus`.
 

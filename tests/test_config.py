@@ -65,3 +65,24 @@ def test_the_built_in_classifier_is_a_feature_net_spec_not_a_file():
         load_config("fashion-mnist-cpu", ["eval.metric=fd", "eval.feature_net=classifier:cifar"])
     with pytest.raises(FileNotFoundError, match="eval.feature_net = nope.pt does not exist"):
         load_config("fashion-mnist-cpu", ["eval.metric=fd", "eval.feature_net=nope.pt"])
+
+
+def test_storage_dtypes_are_checked_and_older_runs_resume_with_float32(capsys):
+    from sfbd.config import adopt_added_keys, config_from_text
+
+    config = load_config("toy2d", ["data.noisy_dtype=float16", "denoise.out_dtype=float16"])
+    assert (config.data.noisy_dtype, config.denoise.out_dtype) == ("float16", "float16")
+    with pytest.raises(
+        ValueError, match=r"^config: data.noisy_dtype: 'uint8'; allowed: float32, float16$"
+    ):
+        load_config("toy2d", ["data.noisy_dtype=uint8"])
+    with pytest.raises(
+        ValueError, match=r"^config: denoise.out_dtype = 'bf16'; allowed: float32, float16$"
+    ):
+        load_config("toy2d", ["denoise.out_dtype=bf16"])
+    # A run directory written before the keys: its data and denoised sets are float32.
+    old = "data: {dataset: toy2d}\ndenoise: {steps: 4}\n"
+    assert config_from_text(old, "old").data.noisy_dtype == "float32"
+    adopt_added_keys(config, old, "RUN/config.yaml", note=print)
+    assert (config.data.noisy_dtype, config.denoise.out_dtype) == ("float32", "float32")
+    assert "predates data.noisy_dtype" in capsys.readouterr().out

@@ -42,6 +42,26 @@ class TrainConfig:
     augment: float = 0.0
     P_mean: float = -1.2
     P_std: float = 1.2
+    # How workers hold the train sets (sfbd.stages.ingest): memory (each loads them whole onto
+    # its device), stream (Ray Data feeds them from their Parquet files), auto (memory when
+    # they fit ingest_budget_gb, as float32, else stream).
+    ingest: str = "auto"
+    ingest_budget_gb: float = 2.0  # per worker; also bounds the stream's buffers
+
+
+INGEST_MODES = ("auto", "memory", "stream")
+
+
+def check_ingest(train: TrainConfig) -> None:
+    """train.ingest and train.ingest_budget_gb, with one-line errors naming the key."""
+    if train.ingest not in INGEST_MODES:
+        raise ValueError(
+            f"config: train.ingest = {train.ingest!r}; allowed: {', '.join(INGEST_MODES)}"
+        )
+    if not train.ingest_budget_gb > 0:
+        raise ValueError(
+            f"config: train.ingest_budget_gb = {train.ingest_budget_gb!r}; must be > 0"
+        )
 
 
 def train_loss(train: TrainConfig, network: NetworkConfig) -> EDMLoss:
@@ -124,6 +144,14 @@ def draw_batch(
         if (which == k).any()
     ]
     return torch.cat(parts)
+
+
+def mix_counts(weights: np.ndarray, size: int, seed: int, stage: str, step: int) -> np.ndarray:
+    """How many of a step's `size` items come from each set, drawn by `weights` from (seed,
+    stage, step) alone: every rank draws the same counts, so that the ranks' streams of a set
+    end their passes at the same step (Ray Data starts a split's new pass on all at once)."""
+    rng = np.random.default_rng(step_seed(seed, stage + "/mix", 0, step))
+    return np.bincount(rng.choice(len(weights), size=size, p=weights), minlength=len(weights))
 
 
 def train_step(

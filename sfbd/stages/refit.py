@@ -5,7 +5,8 @@ and an EMA, for a fixed number of images (kimg), so every stage ends by itself. 
 starts from the previous iteration's EMA weights. Checkpoints go through
 `ray.train.report(checkpoint=...)` every `checkpoint_kimg`; a lost worker resumes from the
 last one (`FailureConfig`), and a restarted driver resumes from it too, since Ray Train V2
-restores a run started again with the same name and storage path.
+restores a run started again with the same name and storage path. The workers hold the sets
+whole in memory or are fed them by Ray Data (`train.ingest`, `sfbd.stages.ingest`).
 
 `train.num_workers = 0` is Ray Train's local mode: the loop runs in the calling process (the
 orchestrator), with no controller or worker actors to start (about 15 s per stage on a small
@@ -41,6 +42,13 @@ from sfbd.diffusion.training import (
 )
 from sfbd.runfiles import Where, load_denoiser_at, parquet_files, read_parquet, save_denoiser_at
 from sfbd.safeload import torch_load
+from sfbd.stages.ingest import (
+    IngestPlan,
+    open_feeds,
+    plan_ingest,
+    stream_batch,
+    stream_datasets,
+)
 from sfbd.storage import Location
 
 STATE_FILE = "train_state.pt"
@@ -270,18 +278,36 @@ def train_loop_per_worker(config: dict) -> None:
             print(f"{job.stage}: resumed from its checkpoint at {kimg:.1f} kimg", flush=True)
     model = ray.train.torch.prepare_model(state.model) if world > 1 else state.model
 
-    items = [s.load(job.item_shape) for s in job.sets]
-    weights = set_weights([len(x) for x in items], [s.weight for s in job.sets])
-    sets = [torch.from_numpy(x).to(device) for x in items]
+    plan: IngestPlan | None = config.get("ingest")  # None: memory (the benchmark's jobs)
+    size = train.batch_size // world
+    if plan is None or plan.mode == "memory":
+        items = [s.load(job.item_shape) for s in job.sets]
+        sizes = [len(x) for x in items]
+        sets = [torch.from_numpy(x).to(device) for x in items]
+        feeds = []
+
+        def draw(weights: np.ndarray, step: int) -> torch.Tensor:
+            return draw_batch(sets, weights, size, job.seed, job.stage, rank, step)
+    else:
+        feeds = open_feeds(job.sets, plan, job.item_shape, device, job.seed, job.stage, rank)
+        sizes = [f.size for f in feeds]
+
+        def draw(weights: np.ndarray, step: int) -> torch.Tensor:
+            return stream_batch(feeds, weights, size, job.seed, job.stage, rank, step)
+
+    weights = set_weights(sizes, [s.weight for s in job.sets])
     loss_fn = train_loss(train, job.network)
     bf16 = train.bf16 and device.type == "cuda"  # autocast; weights and Adam stay float32
     reporter = Reporter(job, rank, state, resume["images_seen"] if resume else None)
-    reporter.set_sizes = [len(x) for x in items]
+    reporter.set_sizes = sizes
 
-    while state.images_seen < job.kimg * 1000:
-        step = state.images_seen // train.batch_size
-        x = draw_batch(sets, weights, train.batch_size // world, job.seed, job.stage, rank, step)
-        reporter.step(train_step(state, model, loss_fn, x, train, bf16), state)
+    try:
+        while state.images_seen < job.kimg * 1000:
+            x = draw(weights, state.images_seen // train.batch_size)
+            reporter.step(train_step(state, model, loss_fn, x, train, bf16), state)
+    finally:
+        for feed in feeds:
+            feed.close()
     if not reporter.losses:  # resumed from a state that had already finished: report it again
         reporter.report(state)
 
@@ -289,14 +315,20 @@ def train_loop_per_worker(config: dict) -> None:
 def run_train(job: TrainJob, out_path: Where, log=print, **extra) -> dict:
     """Run one train stage to completion and write its EMA denoiser (with `extra` in the
     checkpoint) to `out_path`."""
+    plan, why = plan_ingest(job.sets, job.train, job.item_shape)
     workers = job.train.num_workers
     where = f"with {workers} worker(s)" if workers else "in local mode"
     log(f"{job.stage}: {job.kimg} kimg on {[str(s) for s in job.sets]} {where}")
+    log(f"{job.stage}: {why}")
     storage = Location.of(job.storage)
     t0 = time.time()
+    datasets = None
+    if plan.mode == "stream":
+        datasets = stream_datasets(job.sets, plan, job.item_shape, job.seed, job.stage)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": job},
+        train_loop_config={"job": job, "ingest": plan},
+        datasets=datasets,
         scaling_config=ScalingConfig(
             num_workers=job.train.num_workers,
             use_gpu=job.train.use_gpu,
