@@ -1,33 +1,39 @@
 """The denoise stage: SFBD's backward sampling over the whole noisy set with Ray Data.
 
-Reads the noisy Parquet shards (in the calling process, one block per shard, handed to Ray
-Data through the object store by `sfbd.stages.blocks`), runs `backward_denoise` as a batched
-`map_batches` over an actor pool whose actors load the current EMA weights once, writes
-Parquet keyed by id, then checks that exactly the ids that went in came out, each once,
-before the output is published. While it runs, a line every 10 s tells the items written so
-far, the rate and the time left.
+The calling process (the orchestrator) never holds the noisy or the denoised set: it lists
+the input ids from the shards' `id` column alone, hands Ray Data one small block per shard
+naming the file (`sfbd.stages.blocks`), and reading tasks of a fraction of a CPU each load one
+shard (checked against the manifest's sha256). `backward_denoise` runs as a batched
+`map_batches` over an actor pool whose actors load the current EMA weights once; they write
+Parquet keyed by id, in `denoise.out_dtype`, with per-item statistic columns beside `x`
+(`STAT_COLUMNS`). The stage then checks, from the `id` column alone, that exactly the ids
+that went in came out, each once, and sums the statistic columns into the completion
+record's stats, before the output is published. While it runs, a line every 10 s tells the
+items written so far, the rate and the time left.
 
-What the stage holds at once (`resources`) is the actor pool plus one writing task: there are
-no read tasks (Ray 2.60's `read_parquet` also starts a listing task of a whole CPU per file,
-which cannot be made smaller) and no metadata tasks (`ray.data.from_arrow` starts one of a
-whole CPU per block), and the dataset's Ray Data budget is capped at that amount, so that the
-stages of concurrent sweep trials can all hold theirs at once (see `sfbd.sweep`).
+What the stage holds at once (`resources`) is the actor pool plus `IO_CPUS` for reading and
+writing (half each). Ray 2.60's `read_parquet` would start a listing task of a whole CPU per
+file, which cannot be made smaller, and `ray.data.from_arrow` a metadata task of a whole CPU
+per block; neither is used. The dataset's Ray Data budget is capped at that amount, so that
+the stages of concurrent sweep trials can all hold theirs at once (see `sfbd.sweep`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import torch
 from ray.data import ExecutionResources
 
 from sfbd.config import DenoiseConfig
-from sfbd.data.store import items_table, read_manifest, shard_paths, table_items
+from sfbd.data.store import items_table, read_manifest, table_items
 from sfbd.diffusion.samplers import backward_denoise, network_evaluations
 from sfbd.progress import Ticker
 from sfbd.runfiles import (
@@ -42,7 +48,41 @@ from sfbd.runfiles import (
 from sfbd.stages.blocks import dataset_from_tables
 from sfbd.storage import Location
 
-IO_CPUS = 0.25
+IO_CPUS = 0.25  # the reading tasks' and the writing task's share (half each)
+# Per-item statistics the actors write beside `x`, of the stored (decoded) values: the stage's
+# stats come from them without reading the items back.
+STAT_COLUMNS = ("x_sum", "x_sumsq", "x_min", "x_max", "x_outside")
+
+
+def item_stats(x: np.ndarray) -> dict[str, np.ndarray]:
+    """`STAT_COLUMNS` of items `x` (one row per item): sum and sum of squares (float64),
+    minimum, maximum, and how many elements lie outside [-1, 1]."""
+    flat = x.reshape(len(x), -1)
+    wide = flat.astype(np.float64)
+    return {
+        "x_sum": wide.sum(axis=1),
+        "x_sumsq": np.square(wide).sum(axis=1),
+        "x_min": flat.min(axis=1).astype(np.float32),
+        "x_max": flat.max(axis=1).astype(np.float32),
+        "x_outside": (np.abs(flat) > 1).sum(axis=1).astype(np.int64),
+    }
+
+
+def read_shard(batch: pa.Table) -> pa.Table:
+    """Ray Data function: the `id`, `x` rows of the shards a batch names (`path`), each
+    checked against its `sha256` from the data manifest."""
+    tables = []
+    for path, digest in zip(
+        batch.column("path").to_pylist(), batch.column("sha256").to_pylist(), strict=True
+    ):
+        data = Location.of(path).read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ValueError(
+                f"data: shard {path} does not match its manifest sha256 "
+                f"(changed or truncated); prepare the data again"
+            )
+        tables.append(pq.read_table(io.BytesIO(data), columns=["id", "x"]))
+    return pa.concat_tables(tables)
 
 
 def sample_seed(seed: int, iteration: int, item_id: int) -> int:
@@ -65,7 +105,8 @@ class DenoiseTask:
 
 
 class DenoiseBatch:
-    """Ray Data callable class: holds the denoiser; maps a batch of (id, y) to (id, x0)."""
+    """Ray Data callable class: holds the denoiser; maps a batch of (id, y) to (id, x0) in
+    `denoise.out_dtype`, with x0's `STAT_COLUMNS`."""
 
     def __init__(self, task: DenoiseTask):
         if task.config.threads > 0:
@@ -106,7 +147,9 @@ class DenoiseBatch:
                 generator=generator,
                 sigma_min=c.sigma_min,
             )
-        out = items_table(ids, x.float().cpu().numpy())
+        out = items_table(ids, x.float().cpu().numpy(), c.out_dtype)
+        for name, values in item_stats(table_items(out, task.item_shape)[1]).items():
+            out = out.append_column(name, pa.array(values))
         if self.counter is not None:
             self.counter.inc(len(ids), tags=self.tags)
         return out
@@ -155,7 +198,7 @@ def actor_resources(config: DenoiseConfig, cluster: dict | None = None) -> tuple
 
 
 def resources(config: DenoiseConfig, cluster: dict) -> dict:
-    """The most the stage holds at once: its actors and one writing task."""
+    """The most the stage holds at once: its actors, and reading and writing tasks."""
     size, res = actor_resources(config, cluster)
     return {"CPU": size * res["num_cpus"] + IO_CPUS, "GPU": size * res.get("num_gpus", 0)}
 
@@ -175,10 +218,10 @@ def run_denoise(
     `batch_class` is the actors' class (a subclass may record timings, as the benchmark's)."""
     manifest = read_manifest(data_dir)
     tau, shape = float(manifest["tau"]), tuple(manifest["item_shape"])
-    files = shard_paths(data_dir, "noisy")
+    shards = manifest["splits"]["noisy"]["shards"]
+    files = [Location.of(data_dir) / "noisy" / s["file"] for s in shards]
     t0 = time.time()
-    tables = [read_parquet([f]) for f in files]
-    in_ids = np.concatenate([t.column("id").to_numpy() for t in tables])
+    in_ids = read_ids(files)
     size, res = actor_resources(config)
     log(
         f"denoise {iteration:03d}: {len(in_ids)} items, tau={tau}, {config.steps} levels "
@@ -187,10 +230,15 @@ def run_denoise(
     )
     out_dir = Location.of(out_dir)
     tmp = stage_dir(out_dir)
-    # The input from the object store (no read tasks, no metadata tasks); writing gets a
-    # fraction of a CPU, so that it can run beside actors that hold whole CPUs.
-    ds = dataset_from_tables(tables)
-    del tables
+    # One block per shard naming its file (no listing or metadata tasks); reading and writing
+    # get fractions of a CPU, so that they can run beside actors that hold whole CPUs.
+    names = [
+        pa.table({"path": [str(f)], "sha256": [s["sha256"]]})
+        for f, s in zip(files, shards, strict=True)
+    ]
+    ds = dataset_from_tables(names).map_batches(
+        read_shard, batch_size=1, batch_format="pyarrow", num_cpus=IO_CPUS / 2
+    )
     task = DenoiseTask(str(checkpoint), tau, shape, config, seed, iteration, metric_tags)
     ds = ds.map_batches(
         batch_class,
@@ -207,7 +255,7 @@ def run_denoise(
     )
     ds.set_name(f"denoise_{iteration:03d}")
     with Ticker(f"denoise {iteration:03d}", RowCounter(tmp), len(in_ids), "items", log):
-        ds.write_parquet(tmp.path, filesystem=tmp.fs, ray_remote_args={"num_cpus": IO_CPUS})
+        ds.write_parquet(tmp.path, filesystem=tmp.fs, ray_remote_args={"num_cpus": IO_CPUS / 2})
     seconds = time.time() - t0
 
     out_ids, stats = _check_output(tmp, in_ids, shape)
@@ -233,11 +281,25 @@ def run_denoise(
     return result
 
 
+def read_ids(files: list[Location]) -> np.ndarray:
+    """The `id` column of Parquet files, read alone (the items stay on disk)."""
+    if not files:
+        return np.zeros(0, np.int64)
+    return np.concatenate(
+        [
+            pq.read_table(f.path, filesystem=f.fs, columns=["id"]).column("id").to_numpy()
+            for f in files
+        ]
+    ).astype(np.int64)
+
+
 def _check_output(
     directory: Location, in_ids: np.ndarray, shape: tuple[int, ...]
 ) -> tuple[np.ndarray, dict]:
-    """Every input id exactly once in the output, and summary statistics of the items."""
-    out_ids, x = table_items(read_parquet(parquet_files(directory)), shape)
+    """Every input id exactly once in the output, and summary statistics of the items, from
+    the `id` and `STAT_COLUMNS` columns alone."""
+    files = parquet_files(directory)
+    out_ids = read_ids(files)
     unique, counts = np.unique(out_ids, return_counts=True)
     missing = np.setdiff1d(in_ids, unique)
     extra = np.setdiff1d(unique, in_ids)
@@ -247,14 +309,27 @@ def _check_output(
             f"denoise: output does not match input ids ({len(in_ids)} in, {len(out_ids)} out; "
             f"{len(missing)} missing, {len(dup)} duplicated, {len(extra)} unknown)"
         )
-    stats = {
-        "mean": float(x.mean()),
-        "std": float(x.std()),
-        "min": float(x.min()),
-        "max": float(x.max()),
-        "outside_unit_range": float((np.abs(x) > 1).mean()),
+    cols = pa.concat_tables(
+        pq.read_table(f.path, filesystem=f.fs, columns=list(STAT_COLUMNS)) for f in files
+    )
+    return out_ids, stats_from_columns(
+        {name: cols.column(name).to_numpy() for name in STAT_COLUMNS}, int(np.prod(shape))
+    )
+
+
+def stats_from_columns(columns: dict[str, np.ndarray], item_size: int) -> dict:
+    """The completion record's stats (mean, std, min, max, outside_unit_range over every
+    element of every item) from the per-item `STAT_COLUMNS` of items of `item_size`
+    elements."""
+    n = len(columns["x_sum"]) * item_size
+    mean = float(columns["x_sum"].sum()) / n
+    return {
+        "mean": mean,
+        "std": float(np.sqrt(max(float(columns["x_sumsq"].sum()) / n - mean * mean, 0.0))),
+        "min": float(columns["x_min"].min()),
+        "max": float(columns["x_max"].max()),
+        "outside_unit_range": float(columns["x_outside"].sum()) / n,
     }
-    return out_ids, stats
 
 
 def read_denoised(directory: Where, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -98,7 +98,7 @@ class SampleBatch:
     def __call__(self, batch: dict) -> dict:
         ids = batch["data"]
         x = sample_batch(self.denoiser, ids, self.shape, self.steps, self.seed, self.device)
-        return {"id": ids, "x": x.reshape(len(ids), -1)}
+        return {"id": ids, "x": x}  # in their shape: the caller need not load the checkpoint
 
 
 def pool(config: EvalConfig, cluster: dict) -> tuple[int, dict]:
@@ -123,6 +123,22 @@ def generate_with_ray(
 ) -> np.ndarray:
     """`config.num_samples * config.seeds` samples through Ray Data, ordered by sample id;
     with `log`, a progress line (samples, rate, time left) every 10 s while they come in."""
+    return gather_samples(sample_refs(checkpoint, config, name, log))
+
+
+def gather_samples(refs: list) -> np.ndarray:
+    """The samples that `sample_refs` put in the object store, ordered by sample id."""
+    import ray
+
+    batches = ray.get(refs)
+    ids = np.concatenate([b["id"] for b in batches])
+    x = np.concatenate([b["x"] for b in batches])
+    return x[np.argsort(ids)].astype(np.float32)
+
+
+def sample_refs(checkpoint: Where, config: EvalConfig, name: str = "generate", log=None) -> list:
+    """`generate_with_ray`'s samples as object refs of their batches ({"id", "x"}), put in the
+    object store as they come in: the caller (the orchestrator) never holds them all."""
     import ray
     from ray.data import ExecutionResources
 
@@ -156,18 +172,12 @@ def generate_with_ray(
         cpu=size * res.get("num_cpus", 1), gpu=size * res.get("num_gpus", 0)
     )
     ds.set_name(name)
-    got_ids, got_x = [], []
-
-    def counted() -> int:
-        return sum(len(i) for i in got_ids)
-
-    with Ticker(name, counted, total, "samples", log or (lambda _: None)):
+    refs, got = [], [0]
+    with Ticker(name, lambda: got[0], total, "samples", log or (lambda _: None)):
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            got_ids.append(batch["id"])
-            got_x.append(batch["x"])
-    ids, x = np.concatenate(got_ids), np.concatenate(got_x)
-    shape = item_shape(load_denoiser_at(checkpoint)[1])
-    return x[np.argsort(ids)].astype(np.float32).reshape(len(ids), *shape)
+            refs.append(ray.put({"id": batch["id"], "x": batch["x"]}))
+            got[0] += len(batch["id"])
+    return refs
 
 
 SWD_TRAIN_MAX = 10_000  # training-split items that `swd` compares with (a seeded subset)
@@ -421,6 +431,11 @@ def compute_metrics(
     return record
 
 
+def _metrics_of_refs(run, prefix, data_dir, refs: list, config, *args) -> dict:
+    """`compute_metrics` of the samples behind `refs` (`sample_refs`), fetched here."""
+    return compute_metrics(run, prefix, data_dir, gather_samples(refs[0]), config, *args)
+
+
 def evaluate_on_ray(
     run: RunDir,
     prefix: str,
@@ -437,17 +452,15 @@ def evaluate_on_ray(
     gets the sampling's progress lines."""
     import ray
 
-    samples = generate_with_ray(
-        checkpoint, config, name=name.replace("evaluate", "generate", 1), log=log
-    )
+    refs = sample_refs(checkpoint, config, name=name.replace("evaluate", "generate", 1), log=log)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    task = ray.remote(compute_metrics).options(num_cpus=config.cpus, num_gpus=gpus, name=name)
+    task = ray.remote(_metrics_of_refs).options(num_cpus=config.cpus, num_gpus=gpus, name=name)
     return ray.get(
         task.remote(
             str(run),
             prefix,
             str(data_dir),
-            samples,
+            [refs],  # nested: fetched by the task, not by Ray before it starts
             config,
             str(denoised_dir) if denoised_dir is not None else None,
             str(previous_denoised_dir) if previous_denoised_dir is not None else None,
