@@ -12,6 +12,7 @@ from sfbd.cli import main
 from sfbd.diffusion.networks import PRESETS, NetworkConfig
 from sfbd.runfiles import COMPLETE, is_complete
 from sfbd.studies import benchmark
+from sfbd.studies.scale_inputs import network_cost
 
 NUM, BATCH, STEPS, TRAIN_STEPS, TRAIN_BATCH = 96, 24, 3, 5, 16
 
@@ -78,9 +79,13 @@ def test_benchmark_on_cpu(ray_cluster, tmp_path, capsys):
     args = ["benchmark", "--address", ray_cluster, "--out", str(out), "--work-dir", str(work)]
     args += ["--num-images", str(NUM), "--batch-size", str(BATCH), "--steps", str(STEPS)]
     args += ["--train-steps", str(TRAIN_STEPS), "--train-batch-size", str(TRAIN_BATCH)]
+    # The scale plan from the rates this run measures (tests/test_scale_plan.py: the rest).
+    args += ["--plan", "--plan-configs", "fashion-mnist-cpu@1x16", "--plan-sizes", "1k"]
+    args += ["--plan-gpus", "1,2"]
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "Ray Data stage" in table and "Ray Train" in table and "targets:" in table
+    assert "[measured on cpu " in table and "scale plan:" in table
 
     r = json.loads(out.read_text())
     for key in ("date", "device", "versions", "preset", "network", "batch_size", "flops"):
@@ -146,3 +151,20 @@ def test_benchmark_on_cpu(ray_cluster, tmp_path, capsys):
         assert targets[name]["status"] == expected
         assert targets[name]["target"] == 0.95
     assert targets["compiled_ddpmpp_peak"]["status"] == "not measured"
+
+    # The plan took its per-device rates from this run: the Ray Data stage's TFLOP/s and Ray
+    # Train's images/s times the counted training FLOPs per image of the same network.
+    plan = r["plan"]
+    assert plan["rates"]["denoise_tflops"] == d["ray"]["tflops"]
+    train_flops = network_cost(net).train_flops
+    assert plan["rates"]["train_tflops"] == pytest.approx(
+        t["ray"]["images_per_s"] * train_flops / 1e12
+    )
+    (w,) = plan["workloads"]
+    assert w["train_flops_per_image"] == train_flops  # the same tiny 1x16 px network
+    one, two = plan["rows"]
+    assert (one["noisy"], one["gpus"], two["gpus"]) == (1000, 1, 2)
+    # One device: the refit takes its kimg at exactly the measured Ray Train images/s.
+    refit_s = w["refit_kimg"] * 1000 / t["ray"]["images_per_s"]
+    assert one["refit"]["compute_s"] == pytest.approx(refit_s)
+    assert two["refit"]["compute_s"] == pytest.approx(refit_s / (2 * 0.9))

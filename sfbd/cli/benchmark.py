@@ -7,6 +7,8 @@
 Times the denoise stage (Ray Data) and the train stage (Ray Train) against plain loops doing
 the same work on the same allotment, and the achieved TFLOP/s; the method is described in
 `sfbd.studies.benchmark`. Defaults depend on the device Ray hands out (CPU / GPU).
+`--plan` adds the scale plan: hours per stage and per run at given sizes and GPU counts
+(`--plan-rates h200`: from the recorded H200 anchors, measuring nothing; docs/scale.md).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import argparse
 
 from sfbd.cli.common import Renamed, add_address
+from sfbd.cli.plan_flags import add_plan_arguments, plan_options
+from sfbd.studies.ingest_benchmark import add_ingest_arguments, ingest_main
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="data, checkpoint, outputs (kept); default: a temporary folder, removed. "
         "On a multi-node cluster: storage every node sees",
     )
+    add_plan_arguments(p)
+    add_ingest_arguments(p)
     add_address(p)
 
 
@@ -54,6 +60,16 @@ def main(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
     from pathlib import Path
+
+    from sfbd.studies.scale_inputs import make_plan, plan_workloads
+
+    if args.ingest:  # train.ingest stream against memory (sfbd.studies.ingest_benchmark)
+        return ingest_main(args)
+    plan = plan_options(args)  # None without --plan; bad values fail here, before any work
+    workloads = plan_workloads(plan) if plan else []
+    if plan and not plan.needs_measurement:
+        print(make_plan(plan, workloads)[0])
+        return 0
 
     import ray
 
@@ -84,10 +100,15 @@ def main(args: argparse.Namespace) -> int:
         finally:
             if args.work_dir is None:
                 shutil.rmtree(work, ignore_errors=True)
+        plan_text = None
+        if plan:
+            plan_text, result["plan"] = make_plan(plan, workloads, result)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(format_table(result))
+        if plan_text:
+            print("\n" + plan_text)
         print(f"wrote {out.resolve()}")
         return 0
     finally:

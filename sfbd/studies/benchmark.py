@@ -7,7 +7,7 @@ the plain loops run as Ray tasks only so that they land on such a process.
 
 (a) Backward denoising. N noisy observations y = x + tau * eps are written as Parquet with
 the project's store, and a denoiser of the preset (fresh weights) as a checkpoint.
-- Ray Data: the stage itself, `run_denoise` (shards read into the object store -> from_arrow ->
+- Ray Data: the stage itself, `run_denoise` (shards read by fractional-CPU Ray Data tasks ->
   map_batches(DenoiseBatch, ActorPoolStrategy of one actor) -> write_parquet -> id check ->
   publish), given as its `batch_class` a subclass of `DenoiseBatch` that only records when
   each call starts and ends and how many network evaluations it made (the same `__init__`
