@@ -112,6 +112,7 @@ def test_docs_pages_exist():
         "results",
         "math",
         "development",
+        "scale",
     ):
         page = DOCS / f"{name}.md"
         assert page.is_file(), f"missing {page.relative_to(ROOT)}"

@@ -137,8 +137,11 @@ def test_experiment_table_baselines_and_resume(ray_cluster, tmp_path, unique_ima
     assert results["notes"] == []
 
     # Nothing but the pipeline's outputs in the run directories: in particular no noisy-set
-    # original, row by row (16 floats), while the clean items' rows are found (the control).
-    images = np.load(unique_images)["images"].astype(np.float32) / 127.5 - 1
+    # original, row by row, neither as float32 (16 floats) nor as 8-bit pixel codes (16
+    # bytes), while the clean items' rows are found in the encoding they are stored in, pixel
+    # codes (the control).
+    codes = np.load(unique_images)["images"]
+    images = codes.astype(np.float32) / 127.5 - 1
     for name in names:
         run = out / name
         assert {p.name for p in run.iterdir()} <= RUN_ENTRIES
@@ -148,9 +151,12 @@ def test_experiment_table_baselines_and_resume(ray_cluster, tmp_path, unique_ima
         blob = b"".join(p.read_bytes() for p in run.rglob("*") if p.is_file())
         clean_ids, _ = read_split(run / "data", "clean")
         noisy_ids, _ = read_split(run / "data", "noisy")
-        assert all(images[i, 0, 8].tobytes() in blob for i in clean_ids[:20])
+        assert all(codes[i, 0, 8].tobytes() in blob for i in clean_ids[:20])
         assert not any(
-            images[i, 0, r].tobytes() in blob for i in noisy_ids[:60] for r in (4, 8, 12)
+            a[i, 0, r].tobytes() in blob
+            for a in (images, codes)
+            for i in noisy_ids[:60]
+            for r in (4, 8, 12)
         )
 
     # Again: everything is read back, nothing is trained or written in the run directories.
