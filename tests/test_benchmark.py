@@ -168,3 +168,24 @@ def test_benchmark_on_cpu(ray_cluster, tmp_path, capsys):
     refit_s = w["refit_kimg"] * 1000 / t["ray"]["images_per_s"]
     assert one["refit"]["compute_s"] == pytest.approx(refit_s)
     assert two["refit"]["compute_s"] == pytest.approx(refit_s / (2 * 0.9))
+
+
+def test_ingest_benchmark_alternates_the_modes(ray_cluster, tmp_path, capsys):
+    """`sfbd benchmark --ingest` at a tiny size, training in local mode: one run of each mode
+    on the same sets, and the ratio of their rates."""
+    out = tmp_path / "ingest.json"
+    args = ["benchmark", "--ingest", "--address", ray_cluster, "--out", str(out)]
+    args += ["--work-dir", str(tmp_path / "w"), "--ingest-workers", "0"]
+    assert main(args + ["--ingest-rounds", "0"]) == 2
+    assert "--ingest-rounds >= 1" in capsys.readouterr().err
+    assert not out.exists()
+    assert (
+        main(args + ["--num-images", "200", "--ingest-kimg", "0.128", "--ingest-rounds", "1"]) == 0
+    )
+    result = json.loads(out.read_text())
+    assert [r["mode"] for r in result["runs"]] == ["memory", "stream"]
+    assert all(r["set_sizes"] == [8, 200] for r in result["runs"])
+    rate = result["images_per_s"]
+    assert all(_finite_positive(r["images_per_s"]) for r in result["runs"])
+    assert result["ratio_stream_over_memory"] == pytest.approx(rate["stream"] / rate["memory"])
+    assert "stream / memory =" in capsys.readouterr().out
