@@ -12,6 +12,7 @@
 """
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -141,22 +142,16 @@ def test_killed_denoise_actor_is_replaced_and_every_id_comes_out_once(ray_cluste
     assert replacement[0]["Pid"] != actor["Pid"]
 
 
-def test_killed_train_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_path):
-    from sfbd.stages.refit import TrainJob, TrainSet, run_train
+def _kill_the_worker_after_two_checkpoints(job, out, t_start) -> dict:
+    """Run `job` (one worker) in a thread, SIGKILL its worker once it has written two
+    checkpoints, and return the stage's summary: it resumed from the newest one or later."""
+    from sfbd.stages.refit import run_train
 
-    t_start = time.time()
-    data = _toy_data(tmp_path)
-    storage = tmp_path / "train"
-    train = TrainConfig(
-        batch_size=64, lr=2e-3, checkpoint_kimg=8, log_kimg=8, num_workers=1, threads=1
-    )
-    net = NetworkConfig(preset="mlp", channels=2)
-    sets = [TrainSet(path=str(data / "clean"))]
-    job = TrainJob("refit_001", train, net, sets, (2,), 48.0, 0, storage=str(storage))
-    thread, box = _run_in_thread(run_train, job, tmp_path / "out.pt")
+    storage = Path(job.storage)
+    thread, box = _run_in_thread(run_train, job, out)
 
     def checkpoints():
-        stage = storage / "refit_001"
+        stage = storage / job.stage
         return sorted(d for d in stage.glob("checkpoint_*") if d.is_dir()) if stage.is_dir() else []
 
     _wait_for(lambda: len(checkpoints()) >= 2, 300, "two train checkpoints")
@@ -169,10 +164,26 @@ def test_killed_train_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_p
     resumed = summary["resumed_from_kimg"]
     print(f"train worker killed after checkpoint {newest.name}; resumed from {resumed} kimg")
     # Resumed from the newest checkpoint seen before the kill (or a later one), so at most
-    # one checkpoint interval of training was redone; the stage still trained 48 kimg.
-    assert resumed is not None and resumed >= 2 * train.checkpoint_kimg - 0.1
-    assert summary["kimg"] == 48.0
-    assert load_denoiser_at(tmp_path / "out.pt")[2]["stage"] == "refit_001"
+    # one checkpoint interval of training was redone; the stage still trained its kimg.
+    assert resumed is not None and resumed >= 2 * job.train.checkpoint_kimg - 0.1
+    assert summary["kimg"] == job.kimg
+    assert load_denoiser_at(out)[2]["stage"] == job.stage
+    return summary
+
+
+def test_killed_train_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_path):
+    from sfbd.stages.refit import TrainJob, TrainSet, run_train
+
+    t_start = time.time()
+    data = _toy_data(tmp_path)
+    storage = tmp_path / "train"
+    train = TrainConfig(
+        batch_size=64, lr=2e-3, checkpoint_kimg=8, log_kimg=8, num_workers=1, threads=1
+    )
+    net = NetworkConfig(preset="mlp", channels=2)
+    sets = [TrainSet(path=str(data / "clean"))]
+    job = TrainJob("refit_001", train, net, sets, (2,), 48.0, 0, storage=str(storage))
+    _kill_the_worker_after_two_checkpoints(job, tmp_path / "out.pt", t_start)
 
     # Every step is reproducible from (seed, stage, step), so the resumed stage ends where an
     # uninterrupted one does; and Ray Train's local mode (train.num_workers = 0, the loop in
@@ -195,6 +206,31 @@ def test_killed_train_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_p
     a = load_denoiser_at(tmp_path / "out.pt")[0].state_dict()
     b = load_denoiser_at(tmp_path / "local.pt")[0].state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_killed_stream_worker_resumes_and_still_reads_both_sets(ray_cluster, tmp_path):
+    """train.ingest = stream: the worker fed by Ray Data is killed; the restarted one resumes
+    from the last checkpoint, with new dataset shards, and trains the stage to its end."""
+    from sfbd.stages.refit import TrainJob, TrainSet
+
+    t_start = time.time()
+    data = _toy_data(tmp_path)
+    # 16 KB per worker: 64-item shuffle buffers, so both sets (200 and 3,724 items) stream.
+    train = TrainConfig(
+        batch_size=64,
+        lr=2e-3,
+        checkpoint_kimg=8,
+        log_kimg=8,
+        num_workers=1,
+        threads=1,
+        ingest="stream",
+        ingest_budget_gb=1.6e-5,
+    )
+    net = NetworkConfig(preset="mlp", channels=2)
+    sets = [TrainSet(path=str(data / "clean")), TrainSet(path=str(data / "noisy"))]
+    job = TrainJob("refit_001", train, net, sets, (2,), 40.0, 0, storage=str(tmp_path / "train"))
+    summary = _kill_the_worker_after_two_checkpoints(job, tmp_path / "out.pt", t_start)
+    assert summary["set_sizes"] == [200, 3724] and math.isfinite(summary["loss"])
 
 
 def _scrape(pattern: str) -> list[str]:
