@@ -13,9 +13,10 @@ loading the sets in memory mode, the first pass's reading and shuffle buffer in 
 is left out of it and reported beside it as the run's wall time. Stream mode's shuffle buffer
 goes on filling for some steps after the first (Ray Data reads ahead while the loop runs), so
 runs must be long enough to weigh that little: the default, 7.68 kimg, is 120 steps (at 1.92
-kimg, 30 steps, stream mode measured 0.85x memory; at 7.68, 0.98x: docs/results.md). A pass of the denoised set
-is 60,000 / (64 x 96%) = about 980 steps; a run of `kimg` shorter than that restarts only the
-clean set's passes (in memory under stream mode, as it fits one shuffle buffer).
+kimg, 30 steps, stream mode measured 0.85x memory; at 7.68, 0.98x: docs/results.md). A pass
+of the denoised set is 60,000 / (64 x 96%) = about 980 steps; a run of `kimg` shorter than
+that restarts only the clean set's passes (in memory under stream mode, as it fits one
+shuffle buffer).
 """
 
 from __future__ import annotations
