@@ -63,6 +63,10 @@ def check_resources(config: SFBDConfig, resources: dict) -> None:
             f"config: train.num_workers * train.cpus_per_worker = "
             f"{t.num_workers * t.cpus_per_worker:g} CPUs; the cluster has {cpus:g}"
         )
+    if t.ingest == "stream":
+        from sfbd.stages.ingest import check_stream_room
+
+        check_stream_room(t, cpus, "as configured")
     if config.denoise.cpus_per_actor > cpus:
         raise ValueError(
             f"config: denoise.cpus_per_actor = {config.denoise.cpus_per_actor:g}; "

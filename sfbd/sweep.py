@@ -128,12 +128,14 @@ def trial_footprint(config: SFBDConfig, grid: SweepConfig, cluster: dict) -> dic
     """The most a trial holds at once, per part: its driver for the whole run, and each stage
     while it runs ({"CPU": ..., "GPU": ...}; `cluster` is `ray.cluster_resources()`)."""
     from sfbd.stages import denoise, evaluate
+    from sfbd.stages.ingest import stream_cpus
 
     t = config.train
     return {
         "driver": {"CPU": grid.trial_cpus, "GPU": grid.trial_gpus},
-        "train": {
-            "CPU": t.num_workers * t.cpus_per_worker,
+        "train": {  # stream mode's reading tasks beside the workers (auto may stream)
+            "CPU": t.num_workers * t.cpus_per_worker
+            + (stream_cpus() if t.num_workers and t.ingest != "memory" else 0.0),
             "GPU": t.num_workers if t.use_gpu else 0,
         },
         "denoise": denoise.resources(config.denoise, cluster),

@@ -178,6 +178,10 @@ def test_ingest_benchmark_alternates_the_modes(ray_cluster, tmp_path, capsys):
     args += ["--work-dir", str(tmp_path / "w"), "--ingest-workers", "0"]
     assert main(args + ["--ingest-rounds", "0"]) == 2
     assert "--ingest-rounds >= 1" in capsys.readouterr().err
+    assert main(args + ["--plan"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --plan: not with --ingest (the plan needs the stage benchmark)"
+    )
     assert not out.exists()
     assert (
         main(args + ["--num-images", "200", "--ingest-kimg", "0.128", "--ingest-rounds", "1"]) == 0

@@ -150,9 +150,10 @@ def _kill_the_worker_after_two_checkpoints(job, out, t_start) -> dict:
     storage = Path(job.storage)
     thread, box = _run_in_thread(run_train, job, out)
 
-    def checkpoints():
+    def checkpoints():  # those whose train state has been written
         stage = storage / job.stage
-        return sorted(d for d in stage.glob("checkpoint_*") if d.is_dir()) if stage.is_dir() else []
+        found = stage.glob("checkpoint_*/train_state.pt") if stage.is_dir() else []
+        return sorted(p.parent for p in found)
 
     _wait_for(lambda: len(checkpoints()) >= 2, 300, "two train checkpoints")
     worker = _wait_for(lambda: _alive_actors("RayTrainWorker", t_start), 60, "the worker")[0]
@@ -208,9 +209,10 @@ def test_killed_train_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_p
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_killed_stream_worker_resumes_and_still_reads_both_sets(ray_cluster, tmp_path):
-    """train.ingest = stream: the worker fed by Ray Data is killed; the restarted one resumes
-    from the last checkpoint, with new dataset shards, and trains the stage to its end."""
+def test_killed_stream_worker_of_two_resumes_from_the_last_checkpoint(ray_cluster, tmp_path):
+    """train.ingest = stream with 2 DDP workers, each fed its shard of both sets by Ray Data
+    (0.75 CPU each, so that the reading tasks have 0.5): one is killed; the restarted group
+    resumes from the last checkpoint, with new dataset shards, and trains to the stage's end."""
     from sfbd.stages.refit import TrainJob, TrainSet
 
     t_start = time.time()
@@ -221,7 +223,8 @@ def test_killed_stream_worker_resumes_and_still_reads_both_sets(ray_cluster, tmp
         lr=2e-3,
         checkpoint_kimg=8,
         log_kimg=8,
-        num_workers=1,
+        num_workers=2,
+        cpus_per_worker=0.75,
         threads=1,
         ingest="stream",
         ingest_budget_gb=1.6e-5,

@@ -45,6 +45,31 @@ def test_centre_crop_keeps_the_centre_square_and_scales_it():
     assert image_item(_png(_columns(6, 4)), "same.png", None).shape == (3, 4, 6)
 
 
+def test_decoding_scales_16_bit_grey_and_skips_macos_files(tmp_path):
+    # 16-bit greyscale: scaled to 8 bits (Pillow's own conversion would clip 4000 to 255).
+    wide = np.arange(16, dtype=np.uint16).reshape(4, 4) * 4369  # 0 .. 65535
+    assert np.array_equal(image_item(_png(wide), "w.png", None)[0], wide // 257)
+    # Greyscale with alpha is greyscale.
+    la = Image.fromarray(np.full((4, 4, 2), 100, np.uint8), "LA")
+    buf = io.BytesIO()
+    la.save(buf, format="PNG")
+    assert image_item(buf.getvalue(), "la.png", None).shape == (1, 4, 4)
+    # macOS's resource forks are not images; a damaged zip member is one line naming it.
+    path = tmp_path / "d.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("00000/img00000000.png", _png(np.zeros((4, 4), np.uint8)))
+        z.writestr("00000/._img00000000.png", b"fork")
+        z.writestr("__MACOSX/00000/img00000000.png", b"fork")
+    files = list_image_files(f"zip:{path}")
+    assert files.names == ("00000/img00000000.png",)
+    raw = bytearray(path.read_bytes())
+    start = raw.index(b"00000/img00000000.png") + len("00000/img00000000.png")
+    raw[start + 4 : start + 12] = b"\xff" * 8  # inside the first member's compressed data
+    path.write_bytes(bytes(raw))
+    with files.reader() as reader, pytest.raises(ImageError, match="cannot read .*img00000000"):
+        reader.read(files.names[0])
+
+
 def test_resolution_is_checked_with_the_config(tmp_path):
     for bad in (0, -2, 3.5, "64", True):
         with pytest.raises(ValueError, match="resolution: .*whole number"):

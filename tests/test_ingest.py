@@ -15,7 +15,14 @@ from sfbd.config import ADDED_KEYS, config_from_text, dump_config, load_config
 from sfbd.data.store import write_shards
 from sfbd.diffusion.networks import NetworkConfig
 from sfbd.diffusion.training import TrainConfig, mix_counts, set_weights
-from sfbd.stages.ingest import open_feeds, plan_ingest, stream_batch, stream_datasets
+from sfbd.run import check_resources
+from sfbd.stages.ingest import (
+    check_stream_room,
+    open_feeds,
+    plan_ingest,
+    stream_batch,
+    stream_datasets,
+)
 from sfbd.stages.refit import TrainJob, TrainSet, latest_state, run_train
 
 
@@ -53,6 +60,20 @@ def test_a_bad_ingest_is_refused_before_any_work(tmp_path):
     )
     with pytest.raises(ValueError, match="train.ingest = 'streaming'; allowed"):
         run_train(job, tmp_path / "out.pt")
+    # Workers that hold every CPU would leave the stream's reading tasks none: the stage would
+    # wait forever. Refused before Ray starts (stream asked for), or when auto picks stream.
+    crowded = load_config("toy2d", ["train.ingest=stream", "train.num_workers=2"])
+    with pytest.raises(
+        ValueError,
+        match=r"^config: train.ingest = stream \(as configured\) "
+        r"reads with 0.5 CPUs beside .* = 2; the cluster has 2 CPUs: lower "
+        r"train.cpus_per_worker \(e.g. to 0.75\)",
+    ):
+        check_resources(crowded, {"CPU": 2.0})
+    check_resources(crowded, {"CPU": 2.5})
+    check_resources(load_config("toy2d", ["train.num_workers=2"]), {"CPU": 2.0})  # auto
+    with pytest.raises(ValueError, match=r"stream \(chosen by auto\)"):
+        check_stream_room(crowded.train, 2.0, "chosen by auto")
     assert not (tmp_path / "train").exists()
     # A run written before the key resumes as it trained: in memory.
     old = "\n".join(s for s in dump_config(load_config("toy2d")).splitlines() if "ingest:" not in s)

@@ -72,6 +72,15 @@ def test_denoise_hours_exact_and_storage_flips_the_bound():
     # The holdout is not denoised: 2% held out -> 98% of the work.
     held = dataclasses.replace(W, holdout_fraction=0.02)
     assert denoise_time(held, 1_000_000, Cluster(10), R).compute_s == pytest.approx(176.4)
+    # float16 noisy (read) and float32 denoised (written): 1M x 3072 x (2 + 4) bytes; a
+    # float16 denoised set also halves what a refit reads of it.
+    half = dataclasses.replace(W, noisy_bytes_per_value=2)
+    assert denoise_time(half, 1_000_000, Cluster(10), R).bytes == 1_000_000 * 3072 * 6
+    both = dataclasses.replace(half, denoised_bytes_per_value=2)
+    assert both.refit_bytes_per_image() < W.refit_bytes_per_image()
+    assert storage_bound_beyond(both, Cluster(1), R)["denoise"] == pytest.approx(
+        2 * storage_bound_beyond(W, Cluster(1), R)["denoise"]
+    )
 
 
 def test_training_hours_ddp_efficiency_and_mixed_bytes():
@@ -176,8 +185,16 @@ def test_training_flops_hand_count():
     assert network_cost(tiny).forward_flops == benchmark.denoiser_flops(tiny, 4) / 4
 
 
-def test_workload_from_config():
+def test_workload_from_config(tmp_path):
     w = workload_from_config("fashion-mnist-cpu@1x16")
+    assert (w.noisy_bytes_per_value, w.denoised_bytes_per_value) == (4, 4)
+    half = tmp_path / "half.yaml"
+    half.write_text(
+        "network: {preset: tiny, channels: 1, resolution: 16}\n"
+        "data: {noisy_dtype: float16}\ndenoise: {out_dtype: float16}\n"
+    )
+    h = workload_from_config(f"{half}@16")
+    assert (h.noisy_bytes_per_value, h.denoised_bytes_per_value) == (2, 2)
     assert (w.name, w.network, w.channels, w.resolution) == (
         "fashion-mnist-cpu@1x16",
         "tiny",

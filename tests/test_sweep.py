@@ -333,14 +333,18 @@ def test_trial_footprint_counts_the_driver_and_the_largest_stage():
     config = load_config("toy2d", [])
     grid = SweepConfig(max_concurrent=3)
     cpus = {"CPU": 4.0}
-    with pytest.raises(ValueError, match=r"up to 1.35 CPUs .*denoise 1.25.*room for 2"):
+    # Training may stream (train.ingest: auto): its reading tasks' 0.5 CPUs count with it.
+    with pytest.raises(ValueError, match=r"up to 1.6 CPUs .*train 1.5\).*room for 2"):
         check_concurrency(config, grid, cpus)
+    memory = load_config("toy2d", ["train.ingest=memory"])
+    with pytest.raises(ValueError, match=r"up to 1.35 CPUs .*denoise 1.25.*room for 2"):
+        check_concurrency(memory, grid, cpus)
     check_concurrency(config, SweepConfig(max_concurrent=2), cpus)
     small = load_config("toy2d", SMALL)
     check_concurrency(small, grid, {"CPU": 2.0})  # 3 x (0.1 + 0.5)
     with pytest.raises(ValueError, match="room for 3"):
         check_concurrency(small, SweepConfig(max_concurrent=4), {"CPU": 2.0})
-    with pytest.raises(ValueError, match=r"train 2\b"):
+    with pytest.raises(ValueError, match=r"train 2.5\b"):
         check_concurrency(load_config("toy2d", ["train.num_workers=2"]), grid, {"CPU": 6.0})
     # GPUs are queued: a stage's GPU request only has to fit beside the drivers' reservations.
     gpu = load_config("toy2d", ["train.use_gpu=true", "denoise.cpus_per_actor=0.5"])

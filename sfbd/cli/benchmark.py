@@ -64,6 +64,8 @@ def main(args: argparse.Namespace) -> int:
     from sfbd.studies.scale_inputs import make_plan, plan_workloads
 
     if args.ingest:  # train.ingest stream against memory (sfbd.studies.ingest_benchmark)
+        if args.plan:
+            raise ValueError("--plan: not with --ingest (the plan needs the stage benchmark)")
         return ingest_main(args)
     plan = plan_options(args)  # None without --plan; bad values fail here, before any work
     workloads = plan_workloads(plan) if plan else []

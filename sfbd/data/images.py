@@ -24,7 +24,8 @@ import pyarrow.fs as pafs
 from sfbd.storage import Location
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-GREY_MODES = ("L", "1", "I;16", "I;16B", "I;16L", "I")
+GREY_MODES = ("L", "1", "LA", "I;16", "I;16B", "I;16L", "I")
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")  # 16-bit (or 32-bit integer) greyscale
 
 
 class ImageError(ValueError):
@@ -58,7 +59,25 @@ class ImageFiles:
 
 
 def _is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_SUFFIXES)
+    """A PNG or JPEG name, not macOS's resource forks (`._x.png`, `__MACOSX/`)."""
+    base = name.rsplit("/", 1)[-1]
+    return (
+        name.lower().endswith(IMAGE_SUFFIXES)
+        and not base.startswith("._")
+        and not name.startswith("__MACOSX/")
+        and "/__MACOSX/" not in name
+    )
+
+
+def _to_uint8(im) -> np.ndarray:
+    """8-bit pixel codes of a decoded image: 16-bit greyscale scaled (65535 -> 255), not
+    clipped as Pillow's convert("L") would; greyscale with alpha as greyscale; everything
+    else (palette images included) as RGB."""
+    if im.mode in WIDE_MODES:
+        a = np.asarray(im).astype(np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        return np.rint(np.clip(a, 0, top) * (255.0 / top)).astype(np.uint8)
+    return np.asarray(im.convert("L" if im.mode in GREY_MODES else "RGB"))
 
 
 def _sort_key(name: str) -> list[str]:
@@ -115,7 +134,7 @@ class ImageReader:
             if self._zip is not None:
                 return self._zip.read(name)
             return (self.root / name).read_bytes()
-        except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        except Exception as exc:  # OSError, KeyError, BadZipFile, zlib.error (a bad member)
             raise ImageError(f"dataset: cannot read {self.files.label(name)}: {exc}") from None
 
     def close(self) -> None:
@@ -135,11 +154,10 @@ def decode_image(data: bytes, label: str) -> np.ndarray:
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("L" if im.mode in GREY_MODES else "RGB")
-            arr = np.asarray(im)
+            arr = _to_uint8(im)
     except UnidentifiedImageError:
         why = "not a format Pillow knows"
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated or damaged
+    except Exception as exc:  # truncated, damaged, a decompression bomb, ...
         why = str(exc) or type(exc).__name__
     else:
         return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

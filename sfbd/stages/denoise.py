@@ -309,19 +309,30 @@ def _check_output(
             f"denoise: output does not match input ids ({len(in_ids)} in, {len(out_ids)} out; "
             f"{len(missing)} missing, {len(dup)} duplicated, {len(extra)} unknown)"
         )
-    cols = pa.concat_tables(
-        pq.read_table(f.path, filesystem=f.fs, columns=list(STAT_COLUMNS)) for f in files
-    )
+    # File by file: the sums, minima and maxima of the per-item columns (the ids are the only
+    # per-item values held for the whole set).
+    totals = {name: [] for name in STAT_COLUMNS}
+    for f in files:
+        table = pq.read_table(f.path, filesystem=f.fs, columns=list(STAT_COLUMNS))
+        for name in STAT_COLUMNS:
+            column = table.column(name).to_numpy()
+            if len(column):
+                reduce = {"x_min": np.min, "x_max": np.max}.get(name, np.sum)
+                totals[name].append(reduce(column))
     return out_ids, stats_from_columns(
-        {name: cols.column(name).to_numpy() for name in STAT_COLUMNS}, int(np.prod(shape))
+        {name: np.asarray(values) for name, values in totals.items()},
+        int(np.prod(shape)),
+        len(out_ids),
     )
 
 
-def stats_from_columns(columns: dict[str, np.ndarray], item_size: int) -> dict:
+def stats_from_columns(
+    columns: dict[str, np.ndarray], item_size: int, count: int | None = None
+) -> dict:
     """The completion record's stats (mean, std, min, max, outside_unit_range over every
-    element of every item) from the per-item `STAT_COLUMNS` of items of `item_size`
-    elements."""
-    n = len(columns["x_sum"]) * item_size
+    element of every item) from the `STAT_COLUMNS` of `count` items of `item_size` elements:
+    per item, or already summed (minimum, maximum) per file, with `count` given."""
+    n = (len(columns["x_sum"]) if count is None else count) * item_size
     mean = float(columns["x_sum"].sum()) / n
     return {
         "mean": mean,

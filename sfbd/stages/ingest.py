@@ -69,6 +69,25 @@ class IngestPlan:
     chunk_rows: int = 0  # rows per block the reading task yields
 
 
+def stream_cpus(sets: int = 2) -> float:
+    """CPUs that stream mode's reading tasks take beside the train workers (one task of
+    `IO_CPUS` per streamed set: at most the clean and the denoised set)."""
+    return sets * IO_CPUS
+
+
+def check_stream_room(train: TrainConfig, cpus: float, why: str) -> None:
+    """One-line `ValueError` when the train workers would hold so many of the cluster's
+    `cpus` that the stream's reading tasks could never be scheduled (the stage would hang)."""
+    held = train.num_workers * train.cpus_per_worker
+    if train.num_workers > 0 and held + stream_cpus() > cpus + 1e-9:
+        raise ValueError(
+            f"config: train.ingest = stream ({why}) reads with {stream_cpus():g} CPUs beside "
+            f"the workers' train.num_workers * train.cpus_per_worker = {held:g}; the cluster "
+            f"has {cpus:g} CPUs: lower train.cpus_per_worker (e.g. to "
+            f"{max((cpus - stream_cpus()) / train.num_workers, 0):g}) or use train.ingest = memory"
+        )
+
+
 def dataset_name(k: int) -> str:
     return f"set{k}"
 
@@ -176,11 +195,18 @@ def stream_dataset(
     return ds
 
 
-def stream_datasets(sets: Sequence[TrainSet], plan: IngestPlan, item_shape, seed, stage) -> dict:
-    """The `datasets=` of the stage's `TorchTrainer`: one per streamed set."""
+def stream_datasets(
+    sets: Sequence[TrainSet], plan: IngestPlan, item_shape, seed, stage, start_step: int = 0
+) -> dict:
+    """The `datasets=` of the stage's `TorchTrainer`: one per streamed set; their file order
+    depends on the step the stage starts from (0, or a checkpoint's)."""
     return {
         dataset_name(k): stream_dataset(
-            s.path, plan, item_shape, step_seed(seed, f"{stage}/order{k}", 0, 0), f"{stage}_set{k}"
+            s.path,
+            plan,
+            item_shape,
+            step_seed(seed, f"{stage}/order{k}", 0, start_step),
+            f"{stage}_set{k}",
         )
         for k, s in enumerate(sets)
         if plan.streamed[k]
@@ -275,8 +301,11 @@ def open_feeds(
     stage: str,
     rank: int,
     get_shard=None,
+    start_step: int = 0,
 ) -> list[MemoryFeed | StreamFeed]:
-    """A worker's feeds of a stream-mode stage: its dataset shards, and sets in memory."""
+    """A worker's feeds of a stream-mode stage: its dataset shards, and sets in memory. Their
+    shuffles depend on the step the stage starts from: a stage resumed from a checkpoint
+    draws other items than it did before it (stream mode does not resume bit for bit)."""
     if get_shard is None:
         import ray.train
 
@@ -284,7 +313,7 @@ def open_feeds(
     feeds = []
     for k, s in enumerate(sets):
         if plan.streamed[k]:
-            seed_k = step_seed(seed, f"{stage}/stream{k}", rank, 0)
+            seed_k = step_seed(seed, f"{stage}/stream{k}", rank, start_step)
             shard = get_shard(dataset_name(k))
             feeds.append(StreamFeed(shard, plan, item_shape, device, plan.sizes[k], seed_k))
         else:

@@ -257,7 +257,7 @@ def prepare_images(config: DataConfig, out: Where, log=print) -> Location:
         split_ids = {"clean": clean_ids, "noisy": noisy_ids, "holdout": holdout_ids}
         records = _run_blocks(files, split_ids, job, log)
         if extra is not None:
-            records += _write_pretrain(tmp / PARTS, extra, n, config.shard_size, clean_enc)
+            records += _write_pretrain(tmp / PARTS, extra, n, job.shard_size, clean_enc)
         shards = {split: _place(tmp, split, records) for split in SPLITS}
         (tmp / PARTS).remove()
         counts = {split: len(ids) for split, ids in split_ids.items()}

@@ -44,6 +44,7 @@ from sfbd.runfiles import Where, load_denoiser_at, parquet_files, read_parquet, 
 from sfbd.safeload import torch_load
 from sfbd.stages.ingest import (
     IngestPlan,
+    check_stream_room,
     open_feeds,
     plan_ingest,
     stream_batch,
@@ -289,7 +290,11 @@ def train_loop_per_worker(config: dict) -> None:
         def draw(weights: np.ndarray, step: int) -> torch.Tensor:
             return draw_batch(sets, weights, size, job.seed, job.stage, rank, step)
     else:
-        feeds = open_feeds(job.sets, plan, job.item_shape, device, job.seed, job.stage, rank)
+        # A resumed stage continues with other draws than those before its checkpoint.
+        start = state.images_seen // train.batch_size
+        feeds = open_feeds(
+            job.sets, plan, job.item_shape, device, job.seed, job.stage, rank, start_step=start
+        )
         sizes = [f.size for f in feeds]
 
         def draw(weights: np.ndarray, step: int) -> torch.Tensor:
@@ -324,7 +329,15 @@ def run_train(job: TrainJob, out_path: Where, log=print, **extra) -> dict:
     t0 = time.time()
     datasets = None
     if plan.mode == "stream":
-        datasets = stream_datasets(job.sets, plan, job.item_shape, job.seed, job.stage)
+        import ray
+
+        if ray.is_initialized():
+            chosen = "as configured" if job.train.ingest == "stream" else "chosen by auto"
+            check_stream_room(job.train, ray.cluster_resources().get("CPU", 0), chosen)
+        # A restarted driver: the files come in another order than before the checkpoint.
+        done = latest_state(storage / job.stage)
+        start = done["images_seen"] // job.train.batch_size if done else 0
+        datasets = stream_datasets(job.sets, plan, job.item_shape, job.seed, job.stage, start)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job, "ingest": plan},

@@ -37,6 +37,7 @@ DEFAULT_SIZES = (50_000, 1_000_000, 100_000_000)
 DEFAULT_GPUS = (8, 64, 512)
 DEFAULT_CONFIGS = ("cifar10@32", "celeba64@64")
 RATE_SOURCES = ("measured", "h200")
+DTYPE_BYTES = {"float32": 4, "float16": 2}  # data.noisy_dtype, denoise.out_dtype
 _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 
 
@@ -157,6 +158,8 @@ def workload_from_config(spec: str) -> Workload:
         clean_fraction=config.data.clean_fraction,
         holdout_fraction=config.data.holdout_fraction,
         clean_weight=config.train.clean_weight,
+        noisy_bytes_per_value=DTYPE_BYTES[config.data.noisy_dtype],
+        denoised_bytes_per_value=DTYPE_BYTES[config.denoise.out_dtype],
     )
 
 

@@ -7,7 +7,8 @@ The model, stage by stage (FLOPs are `FlopCounterMode` counts: matrix products, 
 attention):
 - denoise, per iteration: every kept noisy item (the holdout is not denoised) costs `denoise_nfe`
   network evaluations; the work splits over the GPUs with no loss (independent items, one
-  actor per GPU). It reads the noisy set and writes the denoised set (float32 each).
+  actor per GPU). It reads the noisy set and writes the denoised set (float32 each unless
+  `data.noisy_dtype` / `denoise.out_dtype` say float16).
 - refit, per iteration: `refit_kimg` thousand images at `train_flops_per_image` (forward and
   backward); DDP over N > 1 GPUs runs at `Cluster.ddp_efficiency` of N x one GPU. Every image
   drawn is read from storage (streaming ingestion), clean ones as uint8, denoised as float32,
@@ -67,7 +68,8 @@ class Workload:
     holdout_fraction: float = 0.0
     clean_weight: float | None = None
     clean_bytes_per_value: int = 1  # uint8 clean items
-    noisy_bytes_per_value: int = 4  # float32 noisy and denoised items
+    noisy_bytes_per_value: int = 4  # data.noisy_dtype: float32 (4) or float16 (2)
+    denoised_bytes_per_value: int = 4  # denoise.out_dtype: float32 (4) or float16 (2)
 
     @property
     def values_per_item(self) -> int:
@@ -82,11 +84,11 @@ class Workload:
         return noisy * (1 - self.holdout_fraction)
 
     def refit_bytes_per_image(self) -> float:
-        """Mean bytes read per image a refit draws: clean uint8 and denoised float32, mixed by
+        """Mean bytes read per image a refit draws: clean uint8 and denoised items, mixed by
         `clean_weight` (None: by set size, which does not depend on the size itself)."""
         clean, denoised = self.clean_items(1.0), self.denoised_items(1.0)
         w = self.clean_weight if self.clean_weight is not None else clean / (clean + denoised)
-        per_value = w * self.clean_bytes_per_value + (1 - w) * self.noisy_bytes_per_value
+        per_value = w * self.clean_bytes_per_value + (1 - w) * self.denoised_bytes_per_value
         return per_value * self.values_per_item
 
 
@@ -141,7 +143,7 @@ def denoise_time(w: Workload, noisy: float, c: Cluster, r: Rates) -> StageTime:
     """One denoise pass over the kept noisy items: read noisy, write denoised."""
     items = w.denoised_items(noisy)
     flops = items * w.denoise_nfe * w.flops_per_evaluation
-    nbytes = 2 * items * w.values_per_item * w.noisy_bytes_per_value
+    nbytes = items * w.values_per_item * (w.noisy_bytes_per_value + w.denoised_bytes_per_value)
     return _stage(flops, r.denoise_tflops, c.gpus, nbytes, c)
 
 
@@ -244,7 +246,12 @@ def storage_bound_beyond(w: Workload, c: Cluster, r: Rates) -> dict[str, float]:
         "denoise": w.denoise_nfe
         * w.flops_per_evaluation
         * bandwidth
-        / (r.denoise_tflops * 1e12 * 2 * item_bytes * w.noisy_bytes_per_value),
+        / (
+            r.denoise_tflops
+            * 1e12
+            * item_bytes
+            * (w.noisy_bytes_per_value + w.denoised_bytes_per_value)
+        ),
         "refit": w.train_flops_per_image * bandwidth / (train * eff * refit_bytes),
         "pretrain": w.train_flops_per_image
         * bandwidth
@@ -331,7 +338,8 @@ def format_plan(
         f"scaling to N GPUs: denoise and sampling N x one GPU (independent items); pretrain "
         f"and refit (DDP) N x {ddp_efficiency:.2f} x one GPU, the config's global batch "
         f"split over N",
-        f"storage: {storage_gbps:g} GB/s aggregate; clean uint8, noisy and denoised float32; "
+        f"storage: {storage_gbps:g} GB/s aggregate; clean uint8, noisy and denoised as each "
+        f"config stores them (float32 by default, float16: 2 bytes); "
         f"denoise reads noisy and writes denoised, training reads every image it draws; "
         f"a stage takes max(compute, storage)",
         "not counted: evaluation feature extraction (Inception), checkpoints, data "
