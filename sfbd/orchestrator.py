@@ -66,6 +66,7 @@ class Orchestrator:
     # -- stages -------------------------------------------------------------------------------
 
     def _train(self, stage: Stage) -> dict:
+        from sfbd.diffusion.training import stage_train_config
         from sfbd.stages.refit import run_train
 
         c, k = self.config, stage.iteration
@@ -84,7 +85,7 @@ class Orchestrator:
             )
         job = TrainJob(
             stage=stage.key,
-            train=c.train,
+            train=stage_train_config(c.train, k),
             network=c.network,
             sets=sets,
             item_shape=self.item_shape,

@@ -77,6 +77,20 @@ def test_loss_is_per_sample_and_falls_with_training():
     assert after < 0.7 * before
 
 
+def test_refits_keep_or_drop_the_ema_ramp_up():
+    from sfbd.diffusion.training import TrainConfig, stage_train_config
+
+    on = TrainConfig(ema_rampup_ratio=0.05)
+    off = TrainConfig(ema_rampup_ratio=0.05, refit_ema_rampup=False)
+    # Pretraining always ramps up; a refit with the switch off keeps the whole half-life
+    # from its first step (images_seen restarts at 0 in every refit).
+    assert stage_train_config(off, 0) is off and stage_train_config(on, 2) is on
+    refit = stage_train_config(off, 1)
+    assert refit.ema_rampup_ratio is None and refit.lr == off.lr
+    first = [ema_beta(64, t.ema_halflife_kimg * 1000, t.ema_rampup_ratio, 64) for t in (on, refit)]
+    assert first[0] == pytest.approx(0.5**20) and first[1] == pytest.approx(0.5 ** (64 / 500))
+
+
 def test_ema_half_life():
     beta = ema_beta(batch_images=64, halflife_images=6400)
     assert beta ** (6400 / 64) == pytest.approx(0.5)

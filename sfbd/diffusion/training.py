@@ -6,7 +6,7 @@ preconditioning). Ray Train's worker (`sfbd.stages.refit`) only wires these to a
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ class TrainConfig:
     warmup_kimg: float = 1.0
     ema_halflife_kimg: float = 0.5
     ema_rampup_ratio: float | None = 0.05
+    # Refits restart their image count, so the ramp-up caps their EMA half-life anew (as the
+    # authors' code, which starts a new EDM run per iteration); false: the whole half-life.
+    refit_ema_rampup: bool = True
     pretrain_kimg: float = 20.0
     refit_kimg: float = 10.0
     checkpoint_kimg: float = 5.0  # Ray Train checkpoint interval (resume granularity)
@@ -50,6 +53,16 @@ class TrainConfig:
 
 
 INGEST_MODES = ("auto", "memory", "stream")
+
+
+def stage_train_config(train: TrainConfig, iteration: int) -> TrainConfig:
+    """The train settings of pretraining (iteration 0) or refit `iteration`: a refit without
+    the EMA ramp-up when `train.refit_ema_rampup` is false (Algorithm 1's denoiser update
+    fine-tunes the previous EMA weights, which the ramp-up would let the first steps
+    overwrite)."""
+    if iteration == 0 or train.refit_ema_rampup:
+        return train
+    return replace(train, ema_rampup_ratio=None)
 
 
 def check_ingest(train: TrainConfig) -> None:
