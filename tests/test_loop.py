@@ -1,5 +1,6 @@
-"""The SFBD loop on a local Ray cluster: the toy claim, a tiny image run with 2 DDP workers,
-resume after a killed driver, and bad configurations."""
+"""The SFBD loop on a local Ray cluster: the toy claim, a tiny image run (training in Ray
+Train's local mode; DDP across workers is test_multinode.py), `sfbd sample`, and bad
+configurations and resource requests."""
 
 import json
 import re
