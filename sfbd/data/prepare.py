@@ -136,6 +136,33 @@ def load_pretrain(config: DataConfig, like: Source) -> Source:
     return src
 
 
+def data_manifest(
+    config: DataConfig,
+    source: str,
+    kind: str,
+    item_shape: tuple[int, ...],
+    num_items: int,
+    splits: dict,
+    extra: Source | None,
+) -> dict:
+    """The manifest of prepared data: the source (its name, kind, item shape and size), the
+    settings, and `splits` (per split: count, shards, encoding). Written last, it marks the
+    data complete."""
+    return {
+        "format": DATA_FORMAT,
+        "source": source,
+        "kind": kind,
+        "item_shape": list(item_shape),
+        "num_items": num_items,
+        "tau": config.tau,
+        "seed": config.seed,
+        "clean_fraction": config.clean_fraction,
+        "splits": splits,
+        "pretrain": None if extra is None else {"source": extra.name, "count": len(extra.items)},
+        "config": config.identity(),
+    }
+
+
 def already_prepared(config: DataConfig, out: Location, log=print) -> bool:
     """True when `out` holds data prepared with these settings; an error when it holds
     anything else, or cannot be written."""
@@ -200,25 +227,14 @@ def prepare(config: DataConfig, out: Where, log=print) -> Location:
             tmp / "holdout", holdout_ids, held_y, config.shard_size, config.noisy_dtype
         )
         noisy_enc = config.noisy_dtype
-        manifest = {
-            "format": DATA_FORMAT,
-            "source": src.name,
-            "kind": src.kind,
-            "item_shape": list(src.item_shape),
-            "num_items": len(src.items),
-            "tau": config.tau,
-            "seed": config.seed,
-            "clean_fraction": config.clean_fraction,
-            "splits": {
-                "clean": {"count": len(clean_ids), "shards": clean, "encoding": clean_encoding},
-                "noisy": {"count": len(noisy_ids), "shards": noisy, "encoding": noisy_enc},
-                "holdout": {"count": len(holdout_ids), "shards": held, "encoding": noisy_enc},
-            },
-            "pretrain": None
-            if extra is None
-            else {"source": extra.name, "count": len(extra.items)},
-            "config": config.identity(),
+        splits = {
+            "clean": {"count": len(clean_ids), "shards": clean, "encoding": clean_encoding},
+            "noisy": {"count": len(noisy_ids), "shards": noisy, "encoding": noisy_enc},
+            "holdout": {"count": len(holdout_ids), "shards": held, "encoding": noisy_enc},
         }
+        manifest = data_manifest(
+            config, src.name, src.kind, src.item_shape, len(src.items), splits, extra
+        )
         write_manifest(tmp, manifest)
         if tmp is not out:
             out.remove()  # empty, checked above

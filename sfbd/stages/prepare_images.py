@@ -34,9 +34,9 @@ from sfbd.data.images import (
     list_image_files,
 )
 from sfbd.data.prepare import (
-    DATA_FORMAT,
     DataConfig,
     already_prepared,
+    data_manifest,
     load_pretrain,
     prepare,
 )
@@ -262,24 +262,11 @@ def prepare_images(config: DataConfig, out: Where, log=print) -> Location:
         (tmp / PARTS).remove()
         counts = {split: len(ids) for split, ids in split_ids.items()}
         counts["clean"] += len(extra.items) if extra is not None else 0
-        manifest = {
-            "format": DATA_FORMAT,
-            "source": config.dataset,
-            "kind": "image",
-            "item_shape": list(shape),
-            "num_items": n,
-            "tau": config.tau,
-            "seed": config.seed,
-            "clean_fraction": config.clean_fraction,
-            "splits": {
-                split: {"count": counts[split], "shards": shards[split], "encoding": enc}
-                for split, enc in job.encodings.items()
-            },
-            "pretrain": None
-            if extra is None
-            else {"source": extra.name, "count": len(extra.items)},
-            "config": config.identity(),
+        splits = {
+            split: {"count": counts[split], "shards": shards[split], "encoding": enc}
+            for split, enc in job.encodings.items()
         }
+        manifest = data_manifest(config, config.dataset, "image", shape, n, splits, extra)
         write_manifest(tmp, manifest)
         if tmp is not out:
             out.remove()  # empty, checked above
