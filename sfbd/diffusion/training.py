@@ -136,6 +136,13 @@ class TrainState:
         self.loss = float(state.get("loss", float("nan")))
 
 
+def step_rng(seed: int, stage: str, rank: int, step: int) -> np.random.Generator:
+    """The generator of one rank's draws at a step, from (seed, stage, rank, step); also
+    seeds the step's EDM noise (torch's global generator)."""
+    torch.manual_seed(step_seed(seed, stage + "/noise", rank, step))
+    return np.random.default_rng(step_seed(seed, stage, rank, step))
+
+
 def draw_batch(
     sets: list[torch.Tensor],
     weights: np.ndarray,
@@ -147,8 +154,7 @@ def draw_batch(
 ) -> torch.Tensor:
     """One rank's batch of a step: items drawn from the sets by `weights`, reproducibly from
     (seed, stage, rank, step); also seeds the step's EDM noise."""
-    rng = np.random.default_rng(step_seed(seed, stage, rank, step))
-    torch.manual_seed(step_seed(seed, stage + "/noise", rank, step))
+    rng = step_rng(seed, stage, rank, step)
     which = rng.choice(len(sets), size=size, p=weights)
     device = sets[0].device
     parts = [

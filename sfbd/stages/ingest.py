@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 import torch
 
 from sfbd.data.store import table_items
-from sfbd.diffusion.training import TrainConfig, check_ingest, mix_counts, step_seed
+from sfbd.diffusion.training import TrainConfig, check_ingest, mix_counts, step_rng, step_seed
 from sfbd.runfiles import parquet_files
 from sfbd.storage import Location
 
@@ -332,8 +332,7 @@ def stream_batch(
 ) -> torch.Tensor:
     """One rank's batch of a stream-mode step: `mix_counts` items from each feed (the same
     counts on every rank); also seeds the step's EDM noise, as `draw_batch` does."""
-    rng = np.random.default_rng(step_seed(seed, stage, rank, step))
-    torch.manual_seed(step_seed(seed, stage + "/noise", rank, step))
+    rng = step_rng(seed, stage, rank, step)
     counts = mix_counts(weights, size, seed, stage, step)
     return torch.cat(
         [feed.take(int(n), rng) for feed, n in zip(feeds, counts, strict=True) if n > 0]
