@@ -152,8 +152,9 @@ class Orchestrator:
         self._write_events(row)
         metric = row["metric"]
         self.metrics.evaluated(metric, row[metric])
-        if "noisy_distance" in row:  # the label-free one, a second series on the dashboard
-            self.metrics.evaluated("noisy_distance", row["noisy_distance"])
+        for series in ("noisy_distance", "denoised_distance"):  # more series on the dashboard
+            if series in row:
+                self.metrics.evaluated(series, row[series])
         save_metric_plot(self.run.read_metrics(), metric, self.run.metrics_plot)
         self._log(f"evaluate {k:03d}: {metric} = {row[metric]:.4f}")
         copies = row.get("memorization", {}).get("clean", {}).get("fraction_copies", 0.0)

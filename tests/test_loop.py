@@ -159,6 +159,9 @@ def test_tiny_image_run(ray_cluster, tmp_path, tiny_images, capfd):
         assert r["fd"] == pytest.approx(sum(r["fd_per_seed"]) / 2)
         assert r["fd_per_seed"][0] != r["fd_per_seed"][1] and r["num_samples"] == 16
     assert all(r["kid_std"] > 0 and np.isfinite(r["kid"]) for r in rows)  # KID beside fd
+    # The denoised set's own fd, on as many items as the samples' (16), with KID beside it.
+    assert "denoised_distance" not in rows[0] and rows[1]["denoised_distance"] >= 0
+    assert rows[1]["denoised_distance_items"] == 16 and rows[1]["denoised_kid_std"] > 0
     check = rows[1]["denoised_check"]  # iteration 1: no E_0 to compare with
     assert "residual_rms" not in check and 0 <= check["fraction_near_clean"] <= 1
     assert set(rows[1]["memorization"]) == {"threshold", "clean", "denoised"}

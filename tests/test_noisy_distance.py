@@ -101,3 +101,42 @@ def test_data_without_holdout_gives_rows_without_the_keys(tmp_path):
     row = compute_metrics(tmp_path / "run", "x", data, samples, EvalConfig(num_samples=200, grid=0))
     assert "swd_true" in row
     assert "noisy_distance" not in row and "noisy_distance_items" not in row
+
+
+def _denoised_dir(path, ids, items):
+    """A completed denoise output holding `items` under `ids`."""
+    from sfbd.data.store import write_shards
+    from sfbd.runfiles import publish_dir
+
+    write_shards(path, ids, items, shard_size=1000)
+    publish_dir(path, path, {"count": len(ids)})
+    return path
+
+
+def test_denoised_distance_is_the_denoised_sets_own_distance(toy_data, tmp_path):
+    """`denoised_distance`: the metric of the denoised set's first `num_samples` items (by
+    id) against the reference; a set drawn from the true distribution scores near the
+    sampling floor, the same set shifted by 0.3 far above it."""
+    config = EvalConfig(num_samples=500, grid=0, projections=64, memorization_threshold=None)
+    rng = np.random.default_rng(3)
+    true = toy2d_sample(800, rng)
+    ids = rng.permutation(10_000)[:800]  # unsorted ids: the first 500 *by id* count
+    good = _denoised_dir(tmp_path / "good", ids, true)
+    bad = _denoised_dir(tmp_path / "bad", ids, true + 0.3)
+    samples = rng.standard_normal((500, 2)).astype(np.float32)
+    row_good = compute_metrics(tmp_path / "r1", "iter_001", toy_data, samples, config, good)
+    row_bad = compute_metrics(tmp_path / "r2", "iter_001", toy_data, samples, config, bad)
+    first = true[np.argsort(ids)[:500]]
+    expect = distance(first, toy_data, config, None, noisy=False)["swd_true"]
+    assert row_good["denoised_distance"] == pytest.approx(expect, rel=1e-9)
+    assert row_good["denoised_distance_items"] == 500
+    floor = distance(toy2d_sample(500, rng), toy_data, config, None, noisy=False)["swd_true"]
+    print(
+        f"denoised_distance: true set {row_good['denoised_distance']:.4f} (floor {floor:.4f}), "
+        f"shifted {row_bad['denoised_distance']:.4f}, samples N(0, I) {row_good['swd_true']:.4f}"
+    )
+    assert row_good["denoised_distance"] < 2 * floor
+    assert row_bad["denoised_distance"] > 4 * row_good["denoised_distance"]
+    # The samples' own distance is untouched by the denoised set.
+    assert row_good["swd_true"] == row_bad["swd_true"]
+    assert "noisy_distance" in row_good  # the samples' label-free distance is still there

@@ -217,13 +217,18 @@ def _file_tag(path: str) -> str:
 
 
 def distance(
-    samples: np.ndarray, data_dir: Where, config: EvalConfig, cache_dir: Where | None
+    samples: np.ndarray,
+    data_dir: Where,
+    config: EvalConfig,
+    cache_dir: Where | None,
+    noisy: bool = True,
 ) -> dict:
-    """The configured distance of `samples` to the reference, with the names it used."""
+    """The configured distance of `samples` to the reference, with the names it used; with
+    `noisy` (and a holdout split in the data), `noisy_distance` too."""
     from sfbd.metrics.frechet import extract_features, feature_stats, frechet_distance
 
     manifest = read_manifest(data_dir)
-    holdout = holdout_items(data_dir)
+    holdout = holdout_items(data_dir) if noisy else None
     tau = float(manifest["tau"]) if holdout is not None else 0.0
     if config.metric == "swd":
         if manifest["source"] == "toy2d":
@@ -334,6 +339,26 @@ def distance_over_seeds(
     return record
 
 
+def denoised_distance(
+    denoised: np.ndarray, data_dir: Where, config: EvalConfig, cache_dir: Where | None
+) -> dict:
+    """The denoised set's own distance to the reference, in the row's metric: its first
+    `eval.num_samples` items by id (ids carry no order of content), so that it is comparable
+    with the samples' distance, which has the same sample-size bias. Algorithm 1 refits on
+    this set, so a model trained on it should approach this value: when the samples stay far
+    above it, the refit (not the backward pass) is what holds the iteration back."""
+    items = denoised[: config.num_samples]
+    if len(items) < 2:
+        return {}
+    if items.ndim == 4:
+        items = np.clip(items, -1.0, 1.0)  # as the samples are clamped
+    rec = distance(items, data_dir, config, cache_dir, noisy=False)
+    out = {"denoised_distance": rec[rec["metric"]], "denoised_distance_items": len(items)}
+    if "kid" in rec:
+        out["denoised_kid"], out["denoised_kid_std"] = rec["kid"], rec["kid_std"]
+    return out
+
+
 def denoised_diagnostics(
     denoised: np.ndarray,
     previous: np.ndarray | None,
@@ -391,6 +416,7 @@ def compute_metrics(
         record["denoised_check"] = denoised_diagnostics(
             denoised, previous, clean, config.memorization_threshold
         )
+        record.update(denoised_distance(denoised, data_dir, config, run.cache))
 
     if config.memorization_threshold is not None:
         if denoised is None:
