@@ -1,6 +1,8 @@
 """The comparison rows of the paper's experiments, trained with the same train stage:
 
 - `noisy`: a model trained directly on the noisy observations as if they were clean;
+- `clean-only`: pretraining (the clean set alone) for the whole SFBD budget, so that SFBD's
+  gain is not mistaken for the extra training its refits add;
 - `all-clean`: a model trained on every original item, the clean set and the originals of the
   noisy part. Those originals are never written anywhere by the pipeline, so this baseline
   hands the train workers a source (`sfbd.stages.refit.TrainSet`) and they read the data
@@ -22,7 +24,7 @@ from sfbd.runfiles import checkpoint_complete, read_json, write_json_atomic
 from sfbd.stages.refit import TrainSet
 from sfbd.storage import Location, Where
 
-KINDS = ("noisy", "all-clean")
+KINDS = ("noisy", "clean-only", "all-clean")
 
 
 def all_clean_set(data_dir: Where, config: SFBDConfig) -> TrainSet:
@@ -80,8 +82,8 @@ def run_baseline(kind: str, run_dir: Where, data_dir: Where, config: SFBDConfig)
     ckpt = run.baseline_checkpoint(kind)
     summary = {"kimg": kimg}
     if not checkpoint_complete(ckpt):
-        if kind == "noisy":
-            train_set = TrainSet(path=str(data_dir / "noisy"))
+        if kind in ("noisy", "clean-only"):
+            train_set = TrainSet(path=str(data_dir / ("noisy" if kind == "noisy" else "clean")))
         else:
             train_set = all_clean_set(data_dir, config)
         job = TrainJob(

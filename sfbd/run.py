@@ -27,7 +27,7 @@ from sfbd.lease import hold_lease
 from sfbd.rundir import RunDir
 from sfbd.storage import Location, Where
 
-BASELINES = ("noisy", "all-clean")
+BASELINES = ("noisy", "clean-only", "all-clean")
 
 
 class StageFailed(RuntimeError):

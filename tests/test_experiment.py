@@ -13,7 +13,7 @@ import torch
 from sfbd.cli import main
 from sfbd.data.store import read_split
 
-ROWS = ["noisy-only", "pretrain-only", "SFBD iteration 1", "all-clean"]
+ROWS = ["noisy-only", "pretrain-only", "SFBD iteration 1", "pretrain-only, same budget", "all-clean"]
 # What a run directory may hold; the originals of the noisy part belong nowhere in it.
 RUN_ENTRIES = {
     "config.yaml",
@@ -116,7 +116,10 @@ def test_experiment_table_baselines_and_resume(ray_cluster, tmp_path, unique_ima
         by_row = {r["row"]: r for r in run_rows["rows"]}
         assert by_row["all-clean"]["train_items"] == 400
         assert by_row["noisy-only"]["train_items"] == len(noisy_ids)
+        same = by_row["pretrain-only, same budget"]  # the clean set alone, SFBD's budget
+        assert same["train_items"] == len(read_split(run / "data", "clean")[0]) == 40
         assert by_row["all-clean"]["kimg"] == by_row["SFBD iteration 1"]["kimg"] == 0.48
+        assert same["kimg"] == 0.48 and by_row["pretrain-only"]["kimg"] == 0.32
     # Every cell over the two seeds: their mean, n = 2.
     for i, row in enumerate(frac["rows"]):
         assert row["row"] == ROWS[i] and row["kimg"] == [frac["runs"][0]["rows"][i]["kimg"]]
@@ -146,7 +149,8 @@ def test_experiment_table_baselines_and_resume(ray_cluster, tmp_path, unique_ima
         run = out / name
         assert {p.name for p in run.iterdir()} <= RUN_ENTRIES
         assert all(
-            p.name.split(".")[0] in ("noisy", "all-clean") for p in (run / "baselines").iterdir()
+            p.name.split(".")[0] in ("noisy", "clean-only", "all-clean")
+            for p in (run / "baselines").iterdir()
         )
         blob = b"".join(p.read_bytes() for p in run.rglob("*") if p.is_file())
         clean_ids, _ = read_split(run / "data", "clean")
@@ -249,13 +253,14 @@ def test_seeds_share_all_clean_within_a_seed_only(tmp_path, monkeypatch):
         )
 
     results = experiment()
+    every, first = ["noisy", "clean-only", "all-clean"], ["noisy", "clean-only"]
     assert [(c[0], c[2]) for c in calls] == [
-        ("cf0.1", ["noisy", "all-clean"]),
-        ("cf0.25", ["noisy"]),  # SFBD first: the budget decides the sharing
-        ("cf0.25", ["noisy", "all-clean"]),
-        ("cf0.1-seed1", ["noisy", "all-clean"]),  # no earlier run of seed 1
-        ("cf0.25-seed1", ["noisy"]),
-        ("cf0.25-seed1", ["noisy", "all-clean"]),
+        ("cf0.1", every),
+        ("cf0.25", first),  # SFBD first: the budget decides the sharing
+        ("cf0.25", every),
+        ("cf0.1-seed1", every),  # no earlier run of seed 1
+        ("cf0.25-seed1", first),
+        ("cf0.25-seed1", every),
     ]
     assert calls[3][1] == ["iterations=2", "data.clean_fraction=0.1", "seed=1", "data.seed=1"]
     # cf0.25 evaluates cf0.1's model; seed 1 trains its own, and cf0.25-seed1 stopped early:
@@ -291,5 +296,5 @@ def test_seeds_share_all_clean_within_a_seed_only(tmp_path, monkeypatch):
     # Again: everything read back, nothing trained, one fit per run.
     calls.clear()
     again = experiment()
-    assert len(calls) == 4 and len(trained) == 7
+    assert len(calls) == 4 and len(trained) == 11  # 4 noisy, 4 clean-only, 3 all-clean
     assert again["fractions"] == results["fractions"] and again["notes"] == results["notes"]

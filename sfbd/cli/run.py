@@ -38,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--baselines",
         default="",
-        help="after the run, also train comparison models: noisy, all-clean",
+        help="after the run, also train comparison models for its whole budget: noisy, clean-only "
+        "(pretraining continued), all-clean",
     )
 
 

@@ -1,12 +1,16 @@
 """SFBD against its baselines at one or more clean fractions, one table (`sfbd experiment`):
 for each fraction one SFBD run (`sfbd.run.fit`, Lu, Wu & Yu 2025, Algorithm 1) with the
-noisy-only and all-clean baselines (`sfbd.baselines`), then the rows of all runs together.
+noisy-only, clean-only and all-clean baselines (`sfbd.baselines`), then the rows of all runs
+together.
 
 Rows, for every clean fraction (every distance: lower is better):
 
     noisy-only        trained on the noisy set as if it were clean, for SFBD's whole budget
     pretrain-only     SFBD's iteration 0: trained on the clean set alone
     SFBD iteration k  after k rounds of denoise -> refit
+    pretrain-only, same budget
+                      trained on the clean set alone for SFBD's whole budget (`clean-only`):
+                      SFBD's gain over pretraining, not the refits' extra training
     all-clean         trained on every original item, for SFBD's whole budget
 
 The distance is the runs' `eval.metric`; a feature network switches it to `fd` in that
@@ -150,6 +154,9 @@ def _grid(run: RunDir, prefix: str) -> Location | None:
     return None
 
 
+SAME_BUDGET = "pretrain-only, same budget"
+
+
 def collect_rows(run: RunDir) -> tuple[SFBDConfig, list[dict]]:
     """The rows of one finished run directory, in table order, from its metrics and the
     baselines' records."""
@@ -183,6 +190,8 @@ def collect_rows(run: RunDir) -> tuple[SFBDConfig, list[dict]]:
         label = "pretrain-only" if k == 0 else f"SFBD iteration {k}"
         kimg = t.pretrain_kimg + k * t.refit_kimg
         rows.append(row(label, run.grid_prefix(k), by_iter[k], kimg, run.checkpoint(k)))
+    if run.baseline_result("clean-only").is_file():  # experiments from before it lack it
+        rows.append(baseline("clean-only", SAME_BUDGET))
     rows.append(baseline("all-clean", "all-clean"))
     return config, rows
 
@@ -365,7 +374,8 @@ def run_experiment(
             if done[s] and all_clean_pending(run):
                 # The SFBD stages first: whether an earlier run's all-clean model is this
                 # run's depends on its budget, known once it has stopped.
-                fit(config, run, overrides=per_run, address=address, baselines=["noisy"])
+                first = [k for k in KINDS if k != "all-clean"]
+                fit(config, run, overrides=per_run, address=address, baselines=first)
             source = share_all_clean(done[s], run)
             fit(config, run, overrides=per_run, address=address, baselines=list(KINDS))
             run_config, rows = collect_rows(run)
