@@ -96,7 +96,6 @@ class SFBDConfig:
             "iterations": self.iterations,
             "train.batch_size": self.train.batch_size,
             "train.lr": self.train.lr,
-            "train.pretrain_kimg": self.train.pretrain_kimg,
             "train.refit_kimg": self.train.refit_kimg,
             "train.checkpoint_kimg": self.train.checkpoint_kimg,
             "train.log_kimg": self.train.log_kimg,
@@ -115,6 +114,12 @@ class SFBDConfig:
         for key, value in positive.items():
             if not value > 0:
                 raise ValueError(f"config: {key} = {value!r}; must be > 0")
+        kimg = self.train.pretrain_kimg
+        if not (kimg > 0 or (kimg == 0 and self.train.init)):
+            raise ValueError(
+                f"config: train.pretrain_kimg = {kimg!r}; must be > 0, or 0 with train.init "
+                f"(iteration 0 is then that checkpoint)"
+            )
         nonneg = {
             "train.warmup_kimg": self.train.warmup_kimg,
             "train.max_failures": self.train.max_failures,

@@ -92,12 +92,31 @@ class Orchestrator:
             kimg=c.train.pretrain_kimg if k == 0 else c.train.refit_kimg,
             seed=c.seed,
             storage=str(self.run.train),
-            init_checkpoint=str(self.run.checkpoint(k - 1)) if k > 0 else None,
+            init_checkpoint=str(self.run.checkpoint(k - 1)) if k > 0 else c.train.init,
             metric_tags={"run": self.run.name, "stage": stage.key},
             tensorboard=str(self.run.tensorboard_train),
             images_before=round(before * 1000),
         )
+        if k == 0 and c.train.pretrain_kimg == 0:
+            return self._adopt_init()
         return run_train(job, self.run.checkpoint(k), log=self._log, iteration=k)
+
+    def _adopt_init(self) -> dict:
+        """Iteration 0 is `train.init` as it is (`train.pretrain_kimg: 0`): its bytes, checked
+        against their digest, become `checkpoints/iter_000.pt`."""
+        from sfbd.runfiles import read_checkpoint, save_checkpoint
+
+        t0 = time.time()
+        init = self.config.train.init
+        save_checkpoint(self.run.checkpoint(0), read_checkpoint(init))
+        self._log(f"pretrain: none; iteration 0 is train.init = {init}")
+        return {
+            "stage": "pretrain",
+            "kimg": 0.0,
+            "loss": None,
+            "init": init,
+            "seconds": time.time() - t0,
+        }
 
     def _denoise(self, stage: Stage) -> dict:
         from sfbd.stages.denoise import run_denoise

@@ -110,6 +110,13 @@ def resolve(
                 f"working directory, which Ray deletes later; give an absolute path or a URI"
             )
     run.root.check_writable("run-dir")
+    if config.train.init:
+        init = Location.of(config.train.init)
+        if init.local is not None:
+            config.train.init = str(init.local.resolve())
+        if not init.is_file():
+            raise FileNotFoundError(f"config: train.init = {init} does not exist")
+        check_init(config, skip=DATA_SHAPED)  # the rest once the data gave the shape
     data_loc = Location.of(data) if data is not None else None
     if data_loc is not None and not (data_loc / MANIFEST).is_file():
         raise FileNotFoundError(
@@ -155,6 +162,8 @@ def prepare_run_dir(config: SFBDConfig, run: RunDir, data: Location | None) -> L
             f"vectors of shape {shape}; use mlp"
         )
     config.network.validate()
+    if config.train.init:
+        check_init(config)
     if run.config_file.is_file():
         # Compared as configs, not text: keys added (or renamed) since the run began.
         try:
@@ -168,6 +177,29 @@ def prepare_run_dir(config: SFBDConfig, run: RunDir, data: Location | None) -> L
             )
     run.write_config(config)
     return data
+
+
+DATA_SHAPED = ("channels", "resolution")  # network keys that prepare_run_dir sets from the data
+
+
+def check_init(config: SFBDConfig, skip: Sequence[str] = ()) -> None:
+    """`train.init` must be an sfbd checkpoint of the network this run builds: one line naming
+    the key and the first field that differs (but those in `skip`)."""
+    from dataclasses import asdict
+
+    from sfbd.runfiles import load_denoiser_at
+
+    try:
+        _, net, _ = load_denoiser_at(config.train.init)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"config: train.init: {exc}") from exc
+    mine, theirs = asdict(config.network), asdict(net)
+    for key in mine:
+        if key not in skip and mine[key] != theirs.get(key):
+            raise ValueError(
+                f"config: train.init = {config.train.init} holds a network with "
+                f"network.{key} = {theirs.get(key)!r}; this run builds {mine[key]!r}"
+            )
 
 
 def init_ray(address: str | None = None):

@@ -13,7 +13,13 @@ import torch
 from sfbd.cli import main
 from sfbd.data.store import read_split
 
-ROWS = ["noisy-only", "pretrain-only", "SFBD iteration 1", "pretrain-only, same budget", "all-clean"]
+ROWS = [
+    "noisy-only",
+    "pretrain-only",
+    "SFBD iteration 1",
+    "pretrain-only, same budget",
+    "all-clean",
+]
 # What a run directory may hold; the originals of the noisy part belong nowhere in it.
 RUN_ENTRIES = {
     "config.yaml",

@@ -58,6 +58,36 @@ def test_toy_sfbd_beats_pretraining_and_noisy_training(ray_cluster, tmp_path):
     assert (run / "state.json").read_text() == before
     assert len(RunDir(run).read_metrics()) == 3
 
+    # A variant that shares this run's pretraining (train.init, pretrain_kimg 0, its data):
+    # iteration 0 is that checkpoint byte for byte, and with the same settings iteration 1
+    # (ODE backward pass, seeded refit) is the same model as the first run's.
+    branch = tmp_path / "branch"
+    init = run / "checkpoints" / "iter_000.pt"
+    more = ["--set", "train.pretrain_kimg=0", "--set", f"train.init={init}"]
+    more += ["--set", "iterations=1", "--data", str(run / "data")]
+    assert (
+        run_job(
+            [
+                "--config",
+                "toy2d",
+                "--run-dir",
+                str(branch),
+                "--address",
+                ray_cluster,
+                "--set",
+                "train.num_workers=0",
+                *more,
+            ]
+        )
+        == 0
+    )
+    theirs = RunDir(branch).read_metrics()
+    assert (branch / "checkpoints" / "iter_000.pt").read_bytes() == init.read_bytes()
+    assert [r["swd_true"] for r in theirs] == swd[:2]
+    assert theirs[0]["train_loss"] is None and "pretrain" not in [
+        p.name for p in (branch / "train").iterdir()
+    ]
+
 
 @pytest.fixture
 def tiny_images(tmp_path):
@@ -244,6 +274,8 @@ def test_tiny_image_run(ray_cluster, tmp_path, tiny_images, capfd):
         (["--config", "toy2d", "--set", "data.sigma=0"], "data.tau"),
         (["--config", "toy2d", "--set", "network.preset=resnet"], "network.preset"),
         (["--config", "missing.yaml"], "does not exist"),
+        (["--config", "toy2d", "--set", "train.pretrain_kimg=0"], "train.pretrain_kimg"),
+        (["--config", "toy2d", "--set", "train.init=/no/such.pt"], "train.init"),
     ],
 )
 def test_bad_configuration_fails_before_any_work(tmp_path, capsys, args, needle):

@@ -31,6 +31,10 @@ class TrainConfig:
     refit_ema_rampup: bool = True
     pretrain_kimg: float = 20.0
     refit_kimg: float = 10.0
+    # A checkpoint of sfbd (a run's checkpoints/iter_KKK.pt, a baseline's .pt) that
+    # pretraining starts from, as a refit starts from the previous EMA (EDM's --transfer);
+    # with pretrain_kimg 0 it is iteration 0 as it is: variants share one pretraining.
+    init: str | None = None
     checkpoint_kimg: float = 5.0  # Ray Train checkpoint interval (resume granularity)
     log_kimg: float = 2.0
     clean_weight: float | None = None  # share of clean items in refit batches; None: by set size
