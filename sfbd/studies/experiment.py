@@ -168,8 +168,11 @@ def collect_rows(run: RunDir) -> tuple[SFBDConfig, list[dict]]:
         metric = record["metric"]
         grid = _grid(run, key)
         metrics = {metric: record[metric]}
-        if record.get("noisy_distance") is not None:  # runs from before it lack it
-            metrics["noisy_distance"] = record["noisy_distance"]
+        # KID beside FID / fd: unbiased at small sample counts (runs from before it lack it,
+        # and noisy_distance too).
+        for key in ("kid", "noisy_distance"):
+            if record.get(key) is not None:
+                metrics[key] = record[key]
         return {
             "row": label,
             "key": key,
