@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check sfbd jobs tests tuning
 	$(BIN)/ruff format --check sfbd jobs tests tuning
 
-# The default job: SFBD on Fashion-MNIST (4% clean, tau = 0.59) on local Ray, about 20 minutes
+# The default job: SFBD on Fashion-MNIST (4% clean, tau = 0.59) on local Ray, about 22 minutes
 # on 2 CPU cores (and 3 more the first time, for the classifier whose features score it).
 # Rerunning resumes (or returns at once when finished): runs/fashion-mnist-cpu.
 run: $(STAMP) fashion-mnist
