@@ -25,6 +25,7 @@ from sfbd.stages.refit import TrainSet
 from sfbd.storage import Location, Where
 
 KINDS = ("noisy", "clean-only", "all-clean")
+SPLIT_OF = {"noisy": "noisy", "clean-only": "clean"}  # the kinds that train on a prepared split
 
 
 def all_clean_set(data_dir: Where, config: SFBDConfig) -> TrainSet:
@@ -82,8 +83,8 @@ def run_baseline(kind: str, run_dir: Where, data_dir: Where, config: SFBDConfig)
     ckpt = run.baseline_checkpoint(kind)
     summary = {"kimg": kimg}
     if not checkpoint_complete(ckpt):
-        if kind in ("noisy", "clean-only"):
-            train_set = TrainSet(path=str(data_dir / ("noisy" if kind == "noisy" else "clean")))
+        if kind in SPLIT_OF:
+            train_set = TrainSet(path=str(data_dir / SPLIT_OF[kind]))
         else:
             train_set = all_clean_set(data_dir, config)
         job = TrainJob(

@@ -70,6 +70,8 @@ class Orchestrator:
         from sfbd.stages.refit import run_train
 
         c, k = self.config, stage.iteration
+        if k == 0 and c.train.pretrain_kimg == 0:
+            return self._adopt_init()
         w = c.train.clean_weight
         # The events' step: images trained in the run before this stage (refits continue the
         # pretraining's curve).
@@ -97,8 +99,6 @@ class Orchestrator:
             tensorboard=str(self.run.tensorboard_train),
             images_before=round(before * 1000),
         )
-        if k == 0 and c.train.pretrain_kimg == 0:
-            return self._adopt_init()
         return run_train(job, self.run.checkpoint(k), log=self._log, iteration=k)
 
     def _adopt_init(self) -> dict:
