@@ -201,8 +201,9 @@ def test_workload_from_config(tmp_path):
         1,
         16,
     )
-    # The preset's schedule: 4 denoise levels (7 NFE), eval 10 levels (19 NFE) on 1000 samples.
-    assert (w.denoise_nfe, w.eval_nfe, w.eval_samples) == (7, 19, 1000)
+    # The preset's schedule: 8 SDE denoise levels (15 NFE), eval 10 levels (19 NFE) on 1000 samples.
+    assert (w.denoise_steps, w.denoise_nfe) == (8, 15)
+    assert (w.eval_nfe, w.eval_samples) == (19, 1000)
     assert (w.iterations, w.refit_kimg, w.pretrain_kimg, w.batch_size) == (3, 8, 12, 64)
     assert (w.clean_fraction, w.holdout_fraction) == (0.04, 0.1)
     tiny = NetworkConfig(preset="tiny", channels=1, resolution=16)
