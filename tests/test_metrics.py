@@ -281,5 +281,16 @@ def test_fd_rows_quantise_samples_and_measure_in_noisy_space(tmp_path, monkeypat
     assert distance(samples + 0.003, data, config, cache) == row
     assert len(list(cache.iterdir())) == 2
     # Shifted samples lie further from the observations in noisy space too.
-    far = distance(np.clip(samples * 0.3 + 0.5, -1, 1), data, config, cache)
+    far_samples = np.clip(samples * 0.3 + 0.5, -1, 1)
+    far = distance(far_samples, data, config, cache)
     assert far["noisy_distance"] > 2 * row["noisy_distance"]
+    # A scorer loads the feature network once and scores every set as `distance` does.
+    from sfbd.metrics import frechet
+    from sfbd.stages.evaluate import scorer
+
+    loads, load = [], frechet.load_feature_net
+    monkeypatch.setattr(frechet, "load_feature_net", lambda *a: loads.append(a) or load(*a))
+    score = scorer(data, config, cache)
+    assert score(samples, True) == row and score(far_samples, True) == far
+    clean_only = {k: v for k, v in row.items() if not k.startswith("noisy_")}
+    assert score(samples, False) == clean_only and len(loads) == 1

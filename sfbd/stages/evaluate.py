@@ -19,7 +19,9 @@ noisy space, from the samples pushed through y = x + tau * eps to the held-out o
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -225,34 +227,67 @@ def distance(
 ) -> dict:
     """The configured distance of `samples` to the reference, with the names it used; with
     `noisy` (and a holdout split in the data), `noisy_distance` too."""
-    from sfbd.metrics.frechet import extract_features, feature_stats, frechet_distance
+    return scorer(data_dir, config, cache_dir)(samples, noisy)
 
+
+Scorer = Callable[[np.ndarray, bool], dict]
+
+
+def scorer(data_dir: Where, config: EvalConfig, cache_dir: Where | None) -> Scorer:
+    """`distance` with its feature network and reference statistics loaded once: a function
+    `(samples, noisy) -> record` for scoring several sets (the seed sets, the denoised set)."""
     manifest = read_manifest(data_dir)
-    holdout = holdout_items(data_dir) if noisy else None
-    tau = float(manifest["tau"]) if holdout is not None else 0.0
     if config.metric == "swd":
-        if manifest["source"] == "toy2d":
-            ref = toy2d_sample(
-                max(config.num_samples, 5000), np.random.default_rng([config.seed, 7])
-            )
-            name = "swd_true"
-        else:
-            ref, name = reference_items(data_dir, config), f"swd_{config.reference.split(':')[0]}"
+        return _swd_scorer(data_dir, config, manifest)
+    if len(manifest["item_shape"]) != 3:
+        raise ValueError(f"eval.metric = {config.metric} needs images; use swd for vectors")
+    return _feature_scorer(data_dir, config, cache_dir, manifest)
+
+
+def _holdout_reader(data_dir: Where, manifest: dict) -> Callable[[bool], tuple]:
+    """`noisy -> (holdout items or None, tau)`, the split read once, on first need."""
+    read = functools.cache(lambda: holdout_items(data_dir))
+
+    def holdout(noisy: bool) -> tuple[np.ndarray | None, float]:
+        items = read() if noisy else None
+        return items, float(manifest["tau"]) if items is not None else 0.0
+
+    return holdout
+
+
+def _swd_scorer(data_dir: Where, config: EvalConfig, manifest: dict) -> Scorer:
+    if manifest["source"] == "toy2d":
+        ref = toy2d_sample(max(config.num_samples, 5000), np.random.default_rng([config.seed, 7]))
+        name = "swd_true"
+    else:
+        ref, name = reference_items(data_dir, config), f"swd_{config.reference.split(':')[0]}"
+    holdout_of = _holdout_reader(data_dir, manifest)
+
+    def in_pixels(pushed: np.ndarray, observed: np.ndarray) -> float:
+        return sliced_wasserstein(pushed, observed, config.projections, seed=config.seed)
+
+    def score(samples: np.ndarray, noisy: bool = True) -> dict:
         value = sliced_wasserstein(samples, ref, config.projections, seed=config.seed)
         record = {"metric": name, name: value, "feature_net": "pixels"}
+        holdout, tau = holdout_of(noisy)
         if holdout is not None:
-
-            def in_pixels(pushed: np.ndarray, observed: np.ndarray) -> float:
-                return sliced_wasserstein(pushed, observed, config.projections, seed=config.seed)
-
             record["noisy_distance"] = noisy_distance(samples, holdout, tau, in_pixels, config.seed)
             record["noisy_distance_items"] = len(holdout)
         return record
-    if len(manifest["item_shape"]) != 3:
-        raise ValueError(f"eval.metric = {config.metric} needs images; use swd for vectors")
+
+    return score
+
+
+def _feature_scorer(
+    data_dir: Where, config: EvalConfig, cache_dir: Where | None, manifest: dict
+) -> Scorer:
+    from sfbd.metrics.fid import reference_features
+    from sfbd.metrics.frechet import extract_features, feature_stats, frechet_distance
+    from sfbd.metrics.kid import kernel_inception_distance
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if config.metric == "fid":
-        from sfbd.metrics.fid import build_inception, inception_feature_fn, load_stats
+        from sfbd.metrics.fid import build_inception, inception_feature_fn
 
         fn = inception_feature_fn(build_inception(config.inception_weights, device=device))
         net = "inception-v3-pool3 (pytorch-fid)"
@@ -266,9 +301,6 @@ def distance(
         if is_classifier_spec(path):
             path = str(ensure_classifier(path, manifest["config"].get("root")))
         fn, net = load_feature_net(path, device), _file_tag(path)
-    from sfbd.metrics.fid import reference_features
-    from sfbd.metrics.kid import kernel_inception_distance
-
     ref_features = None  # a statistics file holds no features: no KID then
     key = f"{config.metric}-{net.split(' ')[0]}"
     if config.reference_stats:
@@ -283,50 +315,58 @@ def distance(
             f"{key}-{config.reference.split(':')[0]}",
             device=device,
         )
-    samples = quantize_uint8(samples)  # the references are 8-bit images already
-    features = extract_features(fn, samples, device=device)
-    record = {
-        "metric": config.metric,
-        config.metric: frechet_distance(*feature_stats(features), mu_r, sigma_r),
-        "feature_net": net,
-        "num_samples": len(samples),
-        "quantized": "uint8",
-    }
-    if ref_features is not None:
-        record["kid"], record["kid_std"] = kernel_inception_distance(
-            features, ref_features, seed=config.seed
-        )
-    if holdout is not None:
-        # The observations are 8-bit images plus unclamped noise: the quantised samples plus
-        # the same noise are their like.
-        def in_features(pushed: np.ndarray, observed: np.ndarray) -> dict:
-            mu_h, sigma_h, held = reference_features(
-                observed, fn, cache_dir, f"{key}-holdout", device=device
-            )
-            f = extract_features(fn, pushed, device=device)
-            kid, kid_std = kernel_inception_distance(f, held, seed=config.seed)
-            return {
-                "noisy_distance": frechet_distance(*feature_stats(f), mu_h, sigma_h),
-                "noisy_distance_items": len(observed),
-                "noisy_kid": kid,
-                "noisy_kid_std": kid_std,
-            }
+    holdout_of = _holdout_reader(data_dir, manifest)
 
-        record.update(noisy_distance(samples, holdout, tau, in_features, config.seed))
-    return record
+    def in_features(pushed: np.ndarray, observed: np.ndarray) -> dict:
+        mu_h, sigma_h, held = reference_features(
+            observed, fn, cache_dir, f"{key}-holdout", device=device
+        )
+        f = extract_features(fn, pushed, device=device)
+        kid, kid_std = kernel_inception_distance(f, held, seed=config.seed)
+        return {
+            "noisy_distance": frechet_distance(*feature_stats(f), mu_h, sigma_h),
+            "noisy_distance_items": len(observed),
+            "noisy_kid": kid,
+            "noisy_kid_std": kid_std,
+        }
+
+    def score(samples: np.ndarray, noisy: bool = True) -> dict:
+        samples = quantize_uint8(samples)  # the references are 8-bit images already
+        features = extract_features(fn, samples, device=device)
+        record = {
+            "metric": config.metric,
+            config.metric: frechet_distance(*feature_stats(features), mu_r, sigma_r),
+            "feature_net": net,
+            "num_samples": len(samples),
+            "quantized": "uint8",
+        }
+        if ref_features is not None:
+            record["kid"], record["kid_std"] = kernel_inception_distance(
+                features, ref_features, seed=config.seed
+            )
+        holdout, tau = holdout_of(noisy)
+        if holdout is not None:
+            # The observations are 8-bit images plus unclamped noise: the quantised samples
+            # plus the same noise are their like.
+            record.update(noisy_distance(samples, holdout, tau, in_features, config.seed))
+        return record
+
+    return score
 
 
 def distance_over_seeds(
-    samples: np.ndarray, data_dir: Where, config: EvalConfig, cache_dir: Where | None
+    samples: np.ndarray,
+    data_dir: Where,
+    config: EvalConfig,
+    cache_dir: Where | None,
+    score: Scorer | None = None,
 ) -> dict:
     """`distance` of each seed set (`config.seeds` consecutive blocks of `num_samples`); with
     more than one, every number of the record is their mean, and the metric also gets its
     minimum and per-seed values."""
     n = config.num_samples
-    records = [
-        distance(samples[s * n : (s + 1) * n], data_dir, config, cache_dir)
-        for s in range(config.seeds)
-    ]
+    score = score or scorer(data_dir, config, cache_dir)
+    records = [score(samples[s * n : (s + 1) * n], True) for s in range(config.seeds)]
     record = dict(records[0])
     if len(records) > 1:
         for key, value in records[0].items():
@@ -340,7 +380,11 @@ def distance_over_seeds(
 
 
 def denoised_distance(
-    denoised: np.ndarray, data_dir: Where, config: EvalConfig, cache_dir: Where | None
+    denoised: np.ndarray,
+    data_dir: Where,
+    config: EvalConfig,
+    cache_dir: Where | None,
+    score: Scorer | None = None,
 ) -> dict:
     """The denoised set's own distance to the reference, in the row's metric: its first
     `eval.num_samples` items by id (ids carry no order of content), so that it is comparable
@@ -352,7 +396,8 @@ def denoised_distance(
         return {}
     if items.ndim == 4:
         items = np.clip(items, -1.0, 1.0)  # as the samples are clamped
-    rec = distance(items, data_dir, config, cache_dir, noisy=False)
+    score = score or scorer(data_dir, config, cache_dir)
+    rec = score(items, False)
     out = {"denoised_distance": rec[rec["metric"]], "denoised_distance_items": len(items)}
     if "kid" in rec:
         out["denoised_kid"], out["denoised_kid_std"] = rec["kid"], rec["kid_std"]
@@ -398,7 +443,8 @@ def compute_metrics(
     if threads > 0:
         torch.set_num_threads(threads)
     shape = tuple(read_manifest(data_dir)["item_shape"])
-    record = distance_over_seeds(samples, data_dir, config, run.cache)
+    score = scorer(data_dir, config, run.cache)  # one feature network for every set scored
+    record = distance_over_seeds(samples, data_dir, config, run.cache, score)
     samples = samples[: config.num_samples]  # seed set 0: memorization and pictures
     record["samples_mean"] = float(samples.mean())
     record["samples_std"] = float(samples.std())
@@ -416,7 +462,7 @@ def compute_metrics(
         record["denoised_check"] = denoised_diagnostics(
             denoised, previous, clean, config.memorization_threshold
         )
-        record.update(denoised_distance(denoised, data_dir, config, run.cache))
+        record.update(denoised_distance(denoised, data_dir, config, run.cache, score))
 
     if config.memorization_threshold is not None:
         if denoised is None:
