@@ -8,6 +8,7 @@ table all start runs through it; a rerun on the same run directory resumes.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -187,19 +188,27 @@ def check_init(config: SFBDConfig, skip: Sequence[str] = ()) -> None:
     the key and the first field that differs (but those in `skip`)."""
     from dataclasses import asdict
 
-    from sfbd.runfiles import load_denoiser_at
-
-    try:
-        _, net, _ = load_denoiser_at(config.train.init)
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"config: train.init: {exc}") from exc
-    mine, theirs = asdict(config.network), asdict(net)
+    local = Location.of(config.train.init).local
+    stamp = local.stat().st_mtime_ns if local is not None else None  # a rewritten file: read again
+    mine, theirs = asdict(config.network), asdict(_network_of(config.train.init, stamp))
     for key in mine:
         if key not in skip and mine[key] != theirs.get(key):
             raise ValueError(
                 f"config: train.init = {config.train.init} holds a network with "
                 f"network.{key} = {theirs.get(key)!r}; this run builds {mine[key]!r}"
             )
+
+
+@functools.lru_cache(maxsize=2)
+def _network_of(checkpoint: str, stamp: int | None):
+    """The network config of an sfbd checkpoint, read once per process (checked before and
+    after the data gave the shape; a DDPM++ checkpoint is hundreds of MB)."""
+    from sfbd.runfiles import load_denoiser_at
+
+    try:
+        return load_denoiser_at(checkpoint)[1]
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"config: train.init: {exc}") from exc
 
 
 def init_ray(address: str | None = None):

@@ -25,7 +25,7 @@ def run_job(args: list[str]) -> int:
     return main(["run", *args])
 
 
-def test_toy_sfbd_beats_pretraining_and_noisy_training(ray_cluster, tmp_path):
+def test_toy_sfbd_beats_pretraining_and_noisy_training(ray_cluster, tmp_path, monkeypatch):
     run = tmp_path / "toy"
     args = ["--config", "toy2d", "--run-dir", str(run), "--address", ray_cluster]
     # Ray Train's local mode: the claim is about the algorithm, and local mode gives what one
@@ -65,6 +65,11 @@ def test_toy_sfbd_beats_pretraining_and_noisy_training(ray_cluster, tmp_path):
     init = run / "checkpoints" / "iter_000.pt"
     more = ["--set", "train.pretrain_kimg=0", "--set", f"train.init={init}"]
     more += ["--set", "iterations=1", "--data", str(run / "data")]
+    # The driver checks the checkpoint's network before and after the data: one read.
+    from sfbd import runfiles
+
+    reads, read = [], runfiles.load_denoiser_at
+    monkeypatch.setattr(runfiles, "load_denoiser_at", lambda p, *a: reads.append(p) or read(p, *a))
     assert (
         run_job(
             [
@@ -81,6 +86,7 @@ def test_toy_sfbd_beats_pretraining_and_noisy_training(ray_cluster, tmp_path):
         )
         == 0
     )
+    assert reads == [str(init)]
     theirs = RunDir(branch).read_metrics()
     assert (branch / "checkpoints" / "iter_000.pt").read_bytes() == init.read_bytes()
     assert [r["swd_true"] for r in theirs] == swd[:2]
