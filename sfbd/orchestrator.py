@@ -223,8 +223,10 @@ class Orchestrator:
         for i, stage in enumerate(stages):
             if not (stage.key in self.state["completed"] and self._output_exists(stage)):
                 self._run_or_recover(i, stage, stages, where)
-            if stage.kind == "evaluate" and self._stop_early(stage.iteration):
-                break
+            if stage.kind == "evaluate":
+                self._keep_best()
+                if self._stop_early(stage.iteration):
+                    break
         self.metrics.finished(len(stages))
         if self.events is not None:
             self.events.close()
@@ -289,11 +291,34 @@ class Orchestrator:
             self._log(f"stopping after iteration {k} of at most {self.config.iterations}: {reason}")
         return True
 
+    def _keep_best(self) -> None:
+        """`checkpoints/best.pt`: a copy of the iteration with the lowest `noisy_distance` (no
+        clean originals needed), recorded as `state["best"]`; idempotent, so a resumed run
+        repairs a copy that a crash left out."""
+        from sfbd.runfiles import checkpoint_complete, read_checkpoint, save_checkpoint
+        from sfbd.stopping import best_iteration
+
+        rows = sorted(self.run.read_metrics(), key=lambda r: r["iteration"])
+        i = best_iteration([r.get("noisy_distance") for r in rows])
+        if i is None:
+            return
+        k = rows[i]["iteration"]
+        best = {"iteration": k, "noisy_distance": rows[i]["noisy_distance"]}
+        if self.state.get("best") == best and checkpoint_complete(self.run.best_checkpoint):
+            return
+        save_checkpoint(self.run.best_checkpoint, read_checkpoint(self.run.checkpoint(k)))
+        if self.state.get("best", {}).get("iteration") != k:
+            self._log(f"best so far by noisy_distance: iteration {k} -> {self.run.best_checkpoint}")
+        self.state["best"] = best
+        self.run.write_state(self.state)
+
     def summary(self) -> dict:
+        best = self.state.get("best")
         return {
             "run_dir": str(self.run),
             "state": self.state,
             "metrics": self.run.read_metrics(),
+            "best": best and {**best, "checkpoint": str(self.run.best_checkpoint)},
         }
 
 

@@ -273,9 +273,12 @@ def fit(
     `all-clean`). `on_metrics` is called with every `metrics.jsonl` row as it lands (rows of
     stages finished before a resume too).
 
-    Returns `{"run_dir", "state", "metrics", "baselines"}`. Raises `ValueError`/`OSError`
-    (one line, before any work) for bad input, `sfbd.lease.LeaseHeld` (a `ValueError`, before
-    any work) while another run holds the run directory, and `StageFailed` when a stage fails.
+    Returns `{"run_dir", "state", "metrics", "best", "baselines"}`; `best` is the iteration
+    with the lowest `noisy_distance` (`{"iteration", "noisy_distance", "checkpoint"}`, None
+    without a holdout split), the model to keep when late iterations drift back. Raises
+    `ValueError`/`OSError` (one line, before any work) for bad input, `sfbd.lease.LeaseHeld`
+    (a `ValueError`, before any work) while another run holds the run directory, and
+    `StageFailed` when a stage fails.
     The run holds the directory's lease from before Ray starts to the end of its baselines.
     """
     import ray

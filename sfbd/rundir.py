@@ -5,6 +5,8 @@
     lease.json                 the run that owns the directory and its heartbeat (sfbd.lease)
     data/                      prepared data (when no --data was given)
     checkpoints/iter_000.pt    EMA denoiser after pretraining; iter_{k:03d}.pt after iteration k
+    checkpoints/best.pt        a copy of the iteration with the lowest noisy_distance so far
+                               (every .pt has its .sha256 beside it)
     denoised/iter_{k:03d}/     denoised noisy set of iteration k (Parquet, id + x) + _COMPLETE.json
     grids/                     iter_{k:03d}_samples.png, _denoised.png, _closest.png, _points.png
     metrics.jsonl              one JSON object per evaluation; metrics.png: metric per iteration
@@ -105,6 +107,11 @@ class RunDir:
     def checkpoint(self, iteration: int) -> Location:
         """The EMA denoiser after pretraining (0) or after SFBD iteration k."""
         return self.root / "checkpoints" / f"iter_{iteration:03d}.pt"
+
+    @property
+    def best_checkpoint(self) -> Location:
+        """A copy of the checkpoint of the iteration with the lowest `noisy_distance`."""
+        return self.root / "checkpoints" / "best.pt"
 
     def denoised(self, iteration: int) -> Location:
         return self.root / "denoised" / f"iter_{iteration:03d}"

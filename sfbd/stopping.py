@@ -1,4 +1,5 @@
-"""`iterations: auto`: when to stop the SFBD loop without clean originals.
+"""`iterations: auto`: when to stop the SFBD loop without clean originals, and which
+iteration to keep.
 
 The rule reads the label-free `noisy_distance` of each evaluation (iteration 0 is the
 pretrained model): the run stops after iteration k when none of the last `patience` iterations
@@ -48,3 +49,11 @@ def stop_reason(distances: list[float], patience: int, margin: float) -> str | N
         + ", ".join(f"{d:.4g}" for d in recent)
         + ")"
     )
+
+
+def best_iteration(distances: list[float | None]) -> int | None:
+    """The iteration (index into `distances`, noisy_distance of iterations 0..k) whose model
+    lies closest to the held-out noisy observations: the one to keep when a late iteration
+    drifts back (the earliest of equals); None when no row has the distance."""
+    scored = [(d, k) for k, d in enumerate(distances) if d is not None]
+    return min(scored)[1] if scored else None

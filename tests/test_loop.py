@@ -46,6 +46,13 @@ def test_toy_sfbd_beats_pretraining_and_noisy_training(ray_cluster, tmp_path, mo
     assert "residual_rms" not in metrics[1].get("denoised_check", {})
     assert 0 < metrics[2]["denoised_check"]["residual_rms"] < 1
     assert (run / "grids" / "iter_002_points.png").is_file()
+    # checkpoints/best.pt: the iteration with the lowest noisy_distance, copied.
+    near = [m["noisy_distance"] for m in metrics]
+    best = near.index(min(near))
+    assert RunDir(run).read_state()["best"]["iteration"] == best
+    assert (run / "checkpoints" / "best.pt").read_bytes() == (
+        run / "checkpoints" / f"iter_{best:03d}.pt"
+    ).read_bytes()
     # A model of 2-D points cannot be written as images.
     sample = ["sample", "--checkpoint", str(run / "checkpoints" / "iter_002.pt"), "--num", "2"]
     assert main([*sample, "--format", "png", "--out", str(tmp_path / "p")]) == 2

@@ -6,7 +6,7 @@ import pytest
 from sfbd.config import SFBDConfig, adopt_added_keys, config_from_text, dump_config, load_config
 from sfbd.orchestrator import Orchestrator
 from sfbd.rundir import RunDir
-from sfbd.stopping import AUTO_CAP, stop_reason
+from sfbd.stopping import AUTO_CAP, best_iteration, stop_reason
 
 
 def test_the_rule_stops_after_patience_iterations_without_a_margin_of_improvement():
@@ -78,6 +78,8 @@ def _loop(tmp_path, distances: list[float], iterations: int) -> tuple[Orchestrat
     def run_stage(stage):
         ran.append(stage.key)
         done.add(stage.key)
+        if stage.trains:  # a stand-in checkpoint that names its iteration
+            run.checkpoint(stage.iteration).write_bytes(f"model {stage.iteration}".encode())
         if stage.kind == "evaluate":
             k = stage.iteration
             run.append_metrics({"iteration": k, "metric": "swd", "swd": 1.0,
@@ -102,6 +104,30 @@ def test_the_loop_stops_early_and_a_rerun_does_nothing_more(tmp_path):
     ran.clear()
     Orchestrator.run(orch)  # resumed: the rule reads the same rows and stops at the same place
     assert [r for r in ran if not r.startswith("log: ")] == []
+
+
+def test_the_best_iteration_is_the_lowest_noisy_distance():
+    assert best_iteration([1.0, 0.8, 0.79, 0.81]) == 2
+    assert best_iteration([1.0, 0.5, 0.7, 0.5]) == 1  # the earliest of equals
+    assert best_iteration([None, 0.9, None]) == 1  # rows without the distance are skipped
+    assert best_iteration([None, None]) is None and best_iteration([]) is None
+
+
+def test_the_run_keeps_a_copy_of_the_best_iteration(tmp_path):
+    # Iteration 2 is the best; 3 drifts back: best.pt stays iteration 2's checkpoint.
+    orch, ran = _loop(tmp_path, [1.0, 0.8, 0.7, 0.9], iterations=3)
+    orch.config.stop.auto = False
+    summary = Orchestrator.run(orch)
+    best = orch.run.best_checkpoint
+    assert best.read_bytes() == orch.run.checkpoint(2).read_bytes() == b"model 2"
+    assert orch.run.read_state()["best"] == {"iteration": 2, "noisy_distance": 0.7}
+    assert summary["best"] == {"iteration": 2, "noisy_distance": 0.7, "checkpoint": str(best)}
+    moved = [r for r in ran if "best so far" in r]
+    assert [m.split("iteration ")[1][0] for m in moved] == ["0", "1", "2"]
+    # A copy lost in a crash is made again when the finished run is resumed.
+    best.remove()
+    Orchestrator.run(orch)
+    assert best.read_bytes() == b"model 2"
 
 
 def test_without_auto_the_loop_runs_every_iteration(tmp_path):

@@ -57,6 +57,8 @@ def main(args: argparse.Namespace) -> int:
     )
     for row in summary["metrics"]:
         print(json.dumps({k: row[k] for k in ("iteration", row["metric"], "train_loss")}))
+    if summary.get("best"):
+        print(json.dumps({"best": summary["best"]}))
     for kind, row in summary["baselines"].items():
         print(
             json.dumps(
