@@ -17,6 +17,7 @@ ROWS = [
     "noisy-only",
     "pretrain-only",
     "SFBD iteration 1",
+    "SFBD, kept by noisy_distance",
     "pretrain-only, same budget",
     "all-clean",
 ]
@@ -128,9 +129,16 @@ def test_experiment_table_baselines_and_resume(ray_cluster, tmp_path, unique_ima
         assert same["train_items"] == len(read_split(run / "data", "clean")[0]) == 40
         assert by_row["all-clean"]["kimg"] == by_row["SFBD iteration 1"]["kimg"] == 0.48
         assert same["kimg"] == 0.48 and by_row["pretrain-only"]["kimg"] == 0.32
+        # The kept row is the iteration with the lower noisy_distance, as best.pt is.
+        its = [by_row[label] for label in ("pretrain-only", "SFBD iteration 1")]
+        kept = min(its, key=lambda r: r["metrics"]["noisy_distance"])
+        assert by_row["SFBD, kept by noisy_distance"]["metrics"] == kept["metrics"]
+        best = json.loads((run / "state.json").read_text())["best"]["iteration"]
+        assert kept["checkpoint"].endswith(f"iter_{best:03d}.pt")
     # Every cell over the two seeds: their mean, n = 2.
     for i, row in enumerate(frac["rows"]):
-        assert row["row"] == ROWS[i] and row["kimg"] == [frac["runs"][0]["rows"][i]["kimg"]]
+        assert row["row"] == ROWS[i]
+        assert row["kimg"] == sorted({r["rows"][i]["kimg"] for r in frac["runs"]})
         for c in results["columns"]:
             values = [run_rows["rows"][i]["metrics"][c] for run_rows in frac["runs"]]
             cell = row["metrics"][c]

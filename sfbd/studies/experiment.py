@@ -8,6 +8,9 @@ Rows, for every clean fraction (every distance: lower is better):
     noisy-only        trained on the noisy set as if it were clean, for SFBD's whole budget
     pretrain-only     SFBD's iteration 0: trained on the clean set alone
     SFBD iteration k  after k rounds of denoise -> refit
+    SFBD, kept by noisy_distance
+                      the iteration with the lowest noisy_distance (`checkpoints/best.pt`):
+                      what a user without clean originals keeps
     pretrain-only, same budget
                       trained on the clean set alone for SFBD's whole budget (`clean-only`):
                       SFBD's gain over pretraining, not the refits' extra training
@@ -48,6 +51,7 @@ from sfbd.runfiles import (
     save_checkpoint,
     write_json_atomic,
 )
+from sfbd.stopping import best_iteration
 from sfbd.storage import Location, Where
 from sfbd.studies.experiment_table import aggregate_rows, markdown
 
@@ -155,6 +159,7 @@ def _grid(run: RunDir, prefix: str) -> Location | None:
 
 
 SAME_BUDGET = "pretrain-only, same budget"
+KEPT = "SFBD, kept by noisy_distance"
 
 
 def collect_rows(run: RunDir) -> tuple[SFBDConfig, list[dict]]:
@@ -193,6 +198,12 @@ def collect_rows(run: RunDir) -> tuple[SFBDConfig, list[dict]]:
         label = "pretrain-only" if k == 0 else f"SFBD iteration {k}"
         kimg = t.pretrain_kimg + k * t.refit_kimg
         rows.append(row(label, run.grid_prefix(k), by_iter[k], kimg, run.checkpoint(k)))
+    iters = sorted(by_iter)
+    best = best_iteration([by_iter[k].get("noisy_distance") for k in iters])
+    if best is not None:  # computed from the rows, so runs from before best.pt have it too
+        k = iters[best]
+        kimg = t.pretrain_kimg + k * t.refit_kimg
+        rows.append(row(KEPT, run.grid_prefix(k), by_iter[k], kimg, run.checkpoint(k)))
     if run.baseline_result("clean-only").is_file():  # experiments from before it lack it
         rows.append(baseline("clean-only", SAME_BUDGET))
     rows.append(baseline("all-clean", "all-clean"))
@@ -230,12 +241,13 @@ def add_extra_metrics(
 
     res = {"num_gpus": 1} if ray.cluster_resources().get("GPU", 0) >= 1 else {"num_cpus": 1}
     task = ray.remote(row_distances).options(**res)
-    pending = []
+    pending, keys = [], set()
     for r in rows:
         cache = run.extra_metrics(r["key"])
         done = read_json(cache) if cache.is_file() else {}
         todo = [m for m in names if m not in done]
-        if todo:
+        if todo and r["key"] not in keys:  # the kept row repeats an iteration's key
+            keys.add(r["key"])
             log(f"[experiment] {run.name} {r['row']}: computing {', '.join(todo)}")
             ref = task.remote(r["checkpoint"], str(run.data), config.eval, todo, str(run.cache))
             pending.append((cache, done, ref))
@@ -391,7 +403,9 @@ def run_experiment(
             for r in rows:
                 columns += [c for c in r["metrics"] if c not in columns]
             picture = out / f"comparison_{run_name(f, s)}.png"
-            drawn = comparison_image([(r["row"], r["grid"]) for r in rows if r["grid"]], picture)
+            drawn = comparison_image(
+                [(r["row"], r["grid"]) for r in rows if r["grid"] and r["row"] != KEPT], picture
+            )
             runs[f].append(
                 {
                     "seed": s,
