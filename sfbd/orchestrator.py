@@ -296,14 +296,13 @@ class Orchestrator:
         clean originals needed), recorded as `state["best"]`; idempotent, so a resumed run
         repairs a copy that a crash left out."""
         from sfbd.runfiles import checkpoint_complete, read_checkpoint, save_checkpoint
-        from sfbd.stopping import best_iteration
+        from sfbd.stopping import best_row
 
-        rows = sorted(self.run.read_metrics(), key=lambda r: r["iteration"])
-        i = best_iteration([r.get("noisy_distance") for r in rows])
-        if i is None:
+        row = best_row(self.run.read_metrics())
+        if row is None:
             return
-        k = rows[i]["iteration"]
-        best = {"iteration": k, "noisy_distance": rows[i]["noisy_distance"]}
+        k = row["iteration"]
+        best = {"iteration": k, "noisy_distance": row["noisy_distance"]}
         if self.state.get("best") == best and checkpoint_complete(self.run.best_checkpoint):
             return
         save_checkpoint(self.run.best_checkpoint, read_checkpoint(self.run.checkpoint(k)))

@@ -57,3 +57,10 @@ def best_iteration(distances: list[float | None]) -> int | None:
     drifts back (the earliest of equals); None when no row has the distance."""
     scored = [(d, k) for k, d in enumerate(distances) if d is not None]
     return min(scored)[1] if scored else None
+
+
+def best_row(rows: list[dict]) -> dict | None:
+    """The `metrics.jsonl` row (any order) of `best_iteration`, or None."""
+    rows = sorted(rows, key=lambda r: r["iteration"])
+    i = best_iteration([r.get("noisy_distance") for r in rows])
+    return None if i is None else rows[i]

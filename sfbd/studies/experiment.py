@@ -51,7 +51,7 @@ from sfbd.runfiles import (
     save_checkpoint,
     write_json_atomic,
 )
-from sfbd.stopping import best_iteration
+from sfbd.stopping import best_row
 from sfbd.storage import Location, Where
 from sfbd.studies.experiment_table import aggregate_rows, markdown
 
@@ -198,12 +198,11 @@ def collect_rows(run: RunDir) -> tuple[SFBDConfig, list[dict]]:
         label = "pretrain-only" if k == 0 else f"SFBD iteration {k}"
         kimg = t.pretrain_kimg + k * t.refit_kimg
         rows.append(row(label, run.grid_prefix(k), by_iter[k], kimg, run.checkpoint(k)))
-    iters = sorted(by_iter)
-    best = best_iteration([by_iter[k].get("noisy_distance") for k in iters])
+    best = best_row(list(by_iter.values()))
     if best is not None:  # computed from the rows, so runs from before best.pt have it too
-        k = iters[best]
+        k = best["iteration"]
         kimg = t.pretrain_kimg + k * t.refit_kimg
-        rows.append(row(KEPT, run.grid_prefix(k), by_iter[k], kimg, run.checkpoint(k)))
+        rows.append(row(KEPT, run.grid_prefix(k), best, kimg, run.checkpoint(k)))
     if run.baseline_result("clean-only").is_file():  # experiments from before it lack it
         rows.append(baseline("clean-only", SAME_BUDGET))
     rows.append(baseline("all-clean", "all-clean"))
