@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from sfbd.data.images import image_files_kind
-from sfbd.data.sources import Source, check_dataset_spec, load_source
+from sfbd.data.sources import Source, check_classes, check_dataset_spec, load_source
 from sfbd.data.split import check_split_args, holdout_indices, observe, split_indices
 from sfbd.data.store import (
     MANIFEST,
@@ -43,6 +43,9 @@ class DataConfig:
     # a related set); with it clean_fraction may be 0 (all of `dataset` observed noisy).
     pretrain: str | None = None
     pretrain_limit: int | None = None  # keep only the first items of `pretrain`
+    # Keep only these labels of `pretrain` (before pretrain_limit): a pretraining set that
+    # lacks some of the observed set's classes, e.g. clothes without shoes and bags.
+    pretrain_classes: list[int] | None = None
     # Side of the square images of a folder: or zip: data set (each one's centre square is
     # scaled to it); None keeps the images' own size, which must then be one size.
     resolution: int | None = None
@@ -63,6 +66,10 @@ class DataConfig:
                 raise type(exc)(f"pretrain: {exc}") from None
             if self.pretrain_limit is not None and self.pretrain_limit < 1:
                 raise ValueError(f"pretrain_limit: {self.pretrain_limit}; must be >= 1")
+            try:
+                check_classes(self.pretrain_classes, self.pretrain)
+            except ValueError as exc:
+                raise ValueError(f"pretrain_{exc}") from None
         if self.shard_size < 1:
             raise ValueError(f"shard_size: {self.shard_size}; must be >= 1")
         if self.limit is not None and self.limit < 2:
@@ -71,6 +78,8 @@ class DataConfig:
             raise ValueError(f"num: {self.num}; must be >= 2")
         if self.pretrain is None and self.pretrain_limit is not None:
             raise ValueError("pretrain_limit: set, but data.pretrain is not")
+        if self.pretrain is None and self.pretrain_classes is not None:
+            raise ValueError("pretrain_classes: set, but data.pretrain is not")
         if self.noisy_dtype not in NOISY_DTYPES:
             raise ValueError(
                 f"noisy_dtype: {self.noisy_dtype!r}; allowed: {', '.join(NOISY_DTYPES)}"
@@ -86,6 +95,7 @@ ADDED = {
     "holdout_fraction": 0.0,
     "pretrain": None,
     "pretrain_limit": None,
+    "pretrain_classes": None,
     "noisy_dtype": "float32",
     "resolution": None,
 }
@@ -124,6 +134,7 @@ def load_pretrain(config: DataConfig, like: Source) -> Source:
         config.pretrain,
         root=config.root,
         limit=config.pretrain_limit,
+        classes=config.pretrain_classes,
         num=config.num,
         seed=config.seed + 1,  # a toy drawn apart from the observed one
         resolution=config.resolution if image_files_kind(config.pretrain) else None,

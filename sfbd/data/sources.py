@@ -99,11 +99,14 @@ def load_source(
     seed: int = 0,
     download: bool = True,
     resolution: int | None = None,
+    classes: list[int] | None = None,
 ) -> Source:
     """Load a data set by spec. `limit` keeps the first items; `num`/`seed` size the toy;
     `resolution` centre-crops the images of a folder or zip to that size (None: their own
-    size, which must then be one size)."""
+    size, which must then be one size); `classes` keeps only the items of those labels (the
+    labelled sets: fashion-mnist, mnist, cifar10), before `limit`."""
     check_dataset_spec(spec)
+    check_classes(classes, spec)
     if resolution is not None and image_files_kind(spec) is None:
         raise ValueError(f"resolution: {resolution} applies to folder: and zip: images, not {spec}")
     name, _, path = spec.partition(":")
@@ -128,6 +131,8 @@ def load_source(
         src = Source(name, _load_mnist_family("MNIST", root, train, download), "image")
     else:
         src = Source(name, _load_cifar10(root, train, download), "image")
+    if classes is not None:
+        src.items = src.items[np.isin(labels_of(spec, root, train, download), classes)]
     if limit is not None:
         src.items = src.items[:limit]
     _check_finite(src.items, spec)
@@ -181,6 +186,38 @@ def _read_idx(path: Path) -> np.ndarray:
     data, n = _read_idx_file(path, 2051, "image")
     rows, cols = struct.unpack(">II", data[8:16])
     return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, 1, rows, cols)
+
+
+NUM_CLASSES = 10  # fashion-mnist, mnist and cifar10 alike
+
+
+def check_classes(classes, spec: str) -> None:
+    """A class list: distinct labels 0-9 of a labelled data set (one-line errors)."""
+    if classes is None:
+        return
+    if spec.partition(":")[0] not in NAMED:
+        raise ValueError(f"classes apply to the labelled data sets {', '.join(NAMED)}, not {spec}")
+    ok = isinstance(classes, (list, tuple)) and len(classes) > 0
+    ok = ok and all(isinstance(c, int) and not isinstance(c, bool) for c in classes)
+    if not ok or len(set(classes)) != len(classes) or not set(classes) <= set(range(NUM_CLASSES)):
+        raise ValueError(
+            f"classes: {classes!r}; must be a list of distinct labels 0-{NUM_CLASSES - 1}"
+        )
+
+
+def labels_of(
+    spec: str, root: str | os.PathLike | None = None, train: bool = True, download: bool = True
+) -> np.ndarray:
+    """The int64 labels of a labelled data set's split (`NAME:test` picks the test split)."""
+    name, _, split = spec.partition(":")
+    train = split != "test" if split else train
+    if name == "cifar10":
+        import torchvision
+
+        root = Path(root) if root else DEFAULT_ROOT
+        ds = torchvision.datasets.CIFAR10(str(root), train=train, download=download)
+        return np.asarray(ds.targets, dtype=np.int64)
+    return load_labelled(name, root, train)[1]
 
 
 def _read_idx_labels(path: Path) -> np.ndarray:
