@@ -15,7 +15,7 @@ import yaml
 from sfbd.data.prepare import DataConfig
 from sfbd.diffusion.augment import AUGMENT_DIM
 from sfbd.diffusion.networks import PRESETS, MLPShape, NetworkConfig
-from sfbd.diffusion.training import TrainConfig, check_ingest
+from sfbd.diffusion.training import TrainConfig, check_ingest, check_refit_start
 from sfbd.stopping import AUTO_CAP, StopConfig
 
 __all__ = [
@@ -78,6 +78,9 @@ class EvalConfig:
     memorization_threshold: float | None = None  # RMS pixel distance counted as a copy
 
 
+BASELINE_KINDS = ("noisy", "clean-only", "all-clean")  # sfbd.baselines
+
+
 @dataclass
 class SFBDConfig:
     name: str = "custom"
@@ -89,9 +92,18 @@ class SFBDConfig:
     denoise: DenoiseConfig = field(default_factory=DenoiseConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     stop: StopConfig = field(default_factory=StopConfig)
+    # Comparison models trained after the run, each for its whole budget (sfbd.baselines):
+    # noisy, clean-only (pretraining continued), all-clean. `--baselines` replaces them.
+    baselines: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         """Cheap checks with one-line errors naming the key; no I/O, no cluster."""
+        unknown = [b for b in self.baselines if b not in BASELINE_KINDS]
+        if unknown or len(set(self.baselines)) != len(self.baselines):
+            raise ValueError(
+                f"config: baselines = {self.baselines}; a list of distinct kinds: "
+                f"{', '.join(BASELINE_KINDS)}"
+            )
         positive = {
             "iterations": self.iterations,
             "train.batch_size": self.train.batch_size,
@@ -174,6 +186,7 @@ class SFBDConfig:
             )
         self._validate_augment()
         check_ingest(self.train)
+        check_refit_start(self.train)
         workers = self.train.num_workers
         if workers < 0:
             raise ValueError(
@@ -260,6 +273,11 @@ def _coerce(key: str, value, tp):
             except ValueError:
                 pass
         raise ValueError(f"config: {key} = {value!r}; expected {' or '.join(map(_describe, args))}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"config: {key} = {value!r}; expected a list")
+        (item,) = typing.get_args(tp) or (typing.Any,)
+        return value if item is typing.Any else [_coerce(key, v, item) for v in value]
     if origin in (dict,) or tp is dict:
         if not isinstance(value, dict):
             raise ValueError(f"config: {key} = {value!r}; expected a mapping")

@@ -39,14 +39,37 @@ class SmallCNN(nn.Module):
 
 
 class FeatureExtractor(nn.Module):
-    """What gets exported: images [B, C, H, W] in [-1, 1] -> features [B, D]."""
+    """What gets exported: images [B, C, H, W] in [-1, 1] -> features [B, D]; `logits` gives
+    the classifier's class scores [B, classes] (the per-class shares of a model's samples)."""
 
     def __init__(self, model: SmallCNN):
         super().__init__()
         self.body = model.body
+        self.head = model.head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+    @torch.jit.export
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def class_shares(net: nn.Module, images: np.ndarray, batch: int = 1000) -> list[float] | None:
+    """The share of `images` the exported classifier puts in each class (None for a feature
+    network without `logits`, e.g. one exported before it had them)."""
+    if not hasattr(net, "logits"):
+        return None
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        pred = torch.cat(
+            [
+                net.logits(torch.from_numpy(images[i : i + batch]).to(device)).argmax(1).cpu()
+                for i in range(0, len(images), batch)
+            ]
+        )
+        counts = torch.bincount(pred, minlength=net.head.out_features)
+    return (counts.double() / len(images)).tolist()
 
 
 def train_classifier(
@@ -141,7 +164,9 @@ def classifier_file(spec: str) -> Path:
     from sfbd.data.sources import DEFAULT_ROOT
 
     name = spec[len(CLASSIFIER_SPEC) :]
-    return DEFAULT_ROOT.parent / "feature-nets" / f"{name}-classifier-e{CLASSIFIER_EPOCHS}.pt"
+    # -h: exported with its classification head (files without it have no class shares).
+    name = f"{name}-classifier-e{CLASSIFIER_EPOCHS}-h.pt"
+    return DEFAULT_ROOT.parent / "feature-nets" / name
 
 
 def ensure_feature_net(

@@ -33,6 +33,7 @@ from sfbd.data.sources import load_source, toy2d_sample
 from sfbd.data.store import read_manifest, read_split, shard_paths, split_count, table_items
 from sfbd.diffusion.networks import NetworkConfig
 from sfbd.diffusion.samplers import generate
+from sfbd.metrics.classifier import class_shares
 from sfbd.metrics.distances import sliced_wasserstein
 from sfbd.metrics.memorization import memorization_report, nearest_neighbours
 from sfbd.metrics.noisy import noisy_distance
@@ -340,6 +341,9 @@ def _feature_scorer(
             "num_samples": len(samples),
             "quantized": "uint8",
         }
+        shares = class_shares(fn, samples) if config.metric == "fd" else None
+        if shares is not None:  # a classifier: the share of samples it puts in each class
+            record["class_shares"] = [round(v, 4) for v in shares]
         if ref_features is not None:
             record["kid"], record["kid_std"] = kernel_inception_distance(
                 features, ref_features, seed=config.seed
