@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--clean-fractions",
         type=floats("--clean-fractions"),
         default=(0.04, 0.1),
-        help="comma-separated clean fractions in (0, 1), one SFBD run each (default 0.04,0.1)",
+        help="comma-separated clean fractions in [0, 1) (0: all observed noisy, with "
+        "data.pretrain), one SFBD run each (default 0.04,0.1)",
     )
     p.add_argument(
         "--seeds",

@@ -66,6 +66,7 @@ SPLIT_KEYS = (
     "holdout_fraction",
     "pretrain",
     "pretrain_limit",
+    "pretrain_classes",
     "shard_size",
 )
 
@@ -78,10 +79,13 @@ def check_seeds(seeds: int) -> int:
 
 
 def check_fractions(fractions: Sequence[float]) -> list[float]:
-    """The clean fractions of an experiment: at least one, each in (0, 1), none repeated."""
+    """The clean fractions of an experiment: at least one, each in [0, 1) (0: every item
+    observed noisy, the clean set from `data.pretrain`), none repeated."""
     text = ",".join(f"{f:g}" for f in fractions)
-    if not fractions or any(not 0 < f < 1 for f in fractions):
-        raise ValueError(f"--clean-fractions {text!r}: each must lie in (0, 1)")
+    if not fractions or any(not 0 <= f < 1 for f in fractions):
+        raise ValueError(
+            f"--clean-fractions {text!r}: each must lie in [0, 1) (0 with data.pretrain)"
+        )
     if len(set(fractions)) != len(fractions):
         raise ValueError(f"--clean-fractions {text!r}: repeated value")
     return list(fractions)
