@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sfbd.config import SFBDConfig
+from sfbd.config import BASELINE_KINDS, SFBDConfig
 from sfbd.data.sources import load_source
 from sfbd.data.store import read_manifest
 from sfbd.rundir import RunDir
@@ -24,7 +24,7 @@ from sfbd.runfiles import checkpoint_complete, read_json, write_json_atomic
 from sfbd.stages.refit import TrainSet
 from sfbd.storage import Location, Where
 
-KINDS = ("noisy", "clean-only", "all-clean")
+KINDS = BASELINE_KINDS
 SPLIT_OF = {"noisy": "noisy", "clean-only": "clean"}  # the kinds that train on a prepared split
 
 

@@ -95,11 +95,20 @@ class Orchestrator:
             seed=c.seed,
             storage=str(self.run.train),
             init_checkpoint=str(self.run.checkpoint(k - 1)) if k > 0 else c.train.init,
+            init_state=self._carried_state(k),
             metric_tags={"run": self.run.name, "stage": stage.key},
             tensorboard=str(self.run.tensorboard_train),
             images_before=round(before * 1000),
         )
         return run_train(job, self.run.checkpoint(k), log=self._log, iteration=k)
+
+    def _carried_state(self, k: int) -> str | None:
+        """`train.refit_start: continue`: refit k continues the train state of the stage
+        before it (pretraining for k = 1)."""
+        if k == 0 or self.config.train.refit_start != "continue":
+            return None
+        before = Stage("pretrain", 0) if k == 1 else Stage("refit", k - 1)
+        return str(self.run.train_storage(before))
 
     def _adopt_init(self) -> dict:
         """Iteration 0 is `train.init` as it is (`train.pretrain_kimg: 0`): its bytes, checked
@@ -108,6 +117,8 @@ class Orchestrator:
 
         t0 = time.time()
         init = self.config.train.init
+        if self.config.train.refit_start == "continue":  # refit 1 continues init's train state
+            self._adopt_init_state(init)
         save_checkpoint(self.run.checkpoint(0), read_checkpoint(init))
         self._log(f"pretrain: none; iteration 0 is train.init = {init}")
         return {
@@ -117,6 +128,15 @@ class Orchestrator:
             "init": init,
             "seconds": time.time() - t0,
         }
+
+    def _adopt_init_state(self, init: str) -> None:
+        """The train state behind `train.init` (checked before the run started), copied to
+        where this run's pretraining would have left its own."""
+        from sfbd.stages.refit import STATE_FILE, init_train_storage, latest_state_folder
+
+        folder = latest_state_folder(init_train_storage(init))
+        target = self.run.train_storage(Stage("pretrain", 0)) / folder.name / STATE_FILE
+        target.write_bytes((folder / STATE_FILE).read_bytes())
 
     def _denoise(self, stage: Stage) -> dict:
         from sfbd.stages.denoise import run_denoise

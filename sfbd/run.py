@@ -8,6 +8,7 @@ table all start runs through it; a rerun on the same run directory resumes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from sfbd.clusterwatch import ClusterWatch, cluster_addresses
-from sfbd.config import SFBDConfig, config_from_dict, load_config
+from sfbd.config import BASELINE_KINDS, SFBDConfig, config_from_dict, load_config
 from sfbd.data.store import MANIFEST, read_manifest, verify_split
 from sfbd.defaults import (
     BARE_PRESETS,
@@ -28,7 +29,7 @@ from sfbd.lease import hold_lease
 from sfbd.rundir import RunDir
 from sfbd.storage import Location, Where
 
-BASELINES = ("noisy", "clean-only", "all-clean")
+BASELINES = BASELINE_KINDS
 
 
 class StageFailed(RuntimeError):
@@ -80,7 +81,7 @@ def resolve(
     overrides: Sequence[str] = (),
     run_dir: Where | None = None,
     data: Where | None = None,
-    baselines: Sequence[str] = (),
+    baselines: Sequence[str] | None = None,
     *,
     quiet: bool = False,
 ) -> tuple[SFBDConfig, RunDir, Location | None]:
@@ -92,9 +93,11 @@ def resolve(
         config = load_config(config, list(overrides))
     else:
         config = config_from_dict(config.to_dict(), list(overrides))
-    unknown = sorted(set(baselines) - set(BASELINES))
-    if unknown:
-        raise ValueError(f"baselines: unknown {unknown}; allowed: {', '.join(BASELINES)}")
+    if baselines is not None:  # given: instead of the config's
+        unknown = sorted(set(baselines) - set(BASELINES))
+        if unknown:
+            raise ValueError(f"baselines: unknown {unknown}; allowed: {', '.join(BASELINES)}")
+        config.baselines = list(dict.fromkeys(baselines))
     # Resolved here (made absolute): Ray workers run in another working directory.
     if run_dir is None:
         default = default_run_dir(config.name)
@@ -118,6 +121,7 @@ def resolve(
         if not init.is_file():
             raise FileNotFoundError(f"config: train.init = {init} does not exist")
         check_init(config, skip=DATA_SHAPED)  # the rest once the data gave the shape
+        check_init_state(config)
     data_loc = Location.of(data) if data is not None else None
     if data_loc is not None and not (data_loc / MANIFEST).is_file():
         raise FileNotFoundError(
@@ -167,8 +171,8 @@ def prepare_run_dir(config: SFBDConfig, run: RunDir, data: Location | None) -> L
         check_init(config)
     if run.config_file.is_file():
         # Compared as configs, not text: keys added (or renamed) since the run began.
-        try:
-            same = run.read_config() == config
+        try:  # the comparison models trained after the run are not part of it
+            same = dataclasses.replace(run.read_config(), baselines=config.baselines) == config
         except ValueError:
             same = False
         if not same:
@@ -197,6 +201,24 @@ def check_init(config: SFBDConfig, skip: Sequence[str] = ()) -> None:
                 f"config: train.init = {config.train.init} holds a network with "
                 f"network.{key} = {theirs.get(key)!r}; this run builds {mine[key]!r}"
             )
+
+
+def check_init_state(config: SFBDConfig) -> None:
+    """`train.refit_start: continue` after an adopted `train.init` (pretrain_kimg 0) carries
+    on the train state behind it, which its run keeps in `train/<stage>/`: it must be there."""
+    from sfbd.stages.refit import init_train_storage, latest_state_folder
+
+    t = config.train
+    if t.refit_start != "continue" or t.pretrain_kimg != 0:
+        return
+    storage = init_train_storage(t.init)
+    if latest_state_folder(storage) is None:
+        where = storage if storage is not None else "a run's checkpoints/iter_KKK.pt"
+        raise ValueError(
+            f"config: train.refit_start = continue with train.pretrain_kimg = 0 needs the "
+            f"train state behind train.init = {t.init} (in {where}); none found: use "
+            f"refit_start ema, or train.init from an sfbd run directory"
+        )
 
 
 @functools.lru_cache(maxsize=2)
@@ -260,7 +282,7 @@ def fit(
     overrides: Sequence[str] = (),
     data: Where | None = None,
     address: str | None = None,
-    baselines: Sequence[str] = (),
+    baselines: Sequence[str] | None = None,
     on_metrics: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run SFBD (Lu, Wu & Yu 2025, Algorithm 1) to completion, or resume it.
@@ -270,8 +292,8 @@ def fit(
     checked against both before). `overrides`: `key=value` strings. `run_dir` defaults to
     `sfbd.defaults.default_run_dir`. `data`: prepared data (default: prepared into the run
     directory). `baselines`: comparison models trained after the run (`noisy`,
-    `all-clean`). `on_metrics` is called with every `metrics.jsonl` row as it lands (rows of
-    stages finished before a resume too).
+    `clean-only`, `all-clean`); None: the config's `baselines`. `on_metrics` is called
+    with every `metrics.jsonl` row as it lands (rows of stages finished before a resume too).
 
     Returns `{"run_dir", "state", "metrics", "best", "baselines"}`; `best` is the iteration
     with the lowest `noisy_distance` (`{"iteration", "noisy_distance", "checkpoint"}`, None
@@ -339,7 +361,7 @@ def fit(
             watch.stop()
         log(f"finished in {time.time() - t0:.1f}s; run directory {run}")
         summary["baselines"] = {}
-        for kind in baselines:
+        for kind in config.baselines:
             from sfbd.baselines import run_baseline
 
             summary["baselines"][kind] = run_baseline(kind, run.root, data_loc, config)

@@ -72,3 +72,47 @@ def test_a_failed_stage_survives_pickling():
         "boom",
         "error: stage refit_001 failed: boom (rerun the same command to resume)",
     )
+
+
+def test_the_run_ends_with_what_it_got():
+    """`sfbd run`'s last lines: the distance after pretraining and every iteration, the kept
+    iteration, the baselines, and the share of samples in the classes pretraining lacked."""
+    from sfbd.cli.run import outcome_lines
+
+    config = load_config(
+        "fashion-mnist-cpu",
+        [
+            "data.clean_fraction=0",
+            "data.pretrain=fashion-mnist:test",
+            "data.pretrain_classes=[0,1,2,3,4,6]",
+            "train.pretrain_kimg=12",
+            "train.refit_kimg=8",
+        ],
+    )
+    shares = [0.1] * 10
+
+    def row(fd, **more):
+        return {"metric": "fd", "fd": fd, "kid": fd / 2, "class_shares": shares, **more}
+
+    summary = {
+        "metrics": [
+            row(456.4, iteration=0, feature_net="fm.pt", num_samples=1000),
+            row(236.0, iteration=1),
+            row(250.5, iteration=2),
+        ],
+        "best": {"iteration": 1, "noisy_distance": 1.0},
+        "baselines": {"clean-only": row(300.0, kimg=28.0), "all-clean": row(140.2, kimg=28.0)},
+    }
+    lines = outcome_lines(summary, config)
+    text = "\n".join(lines)
+    assert "fd, lower is better; 1000 samples, fm.pt" in text
+    assert [ln.split()[0] for ln in lines[2:]] == [
+        "pretraining", "iteration", "iteration", "kept:", "clean-only", "all-clean", "(classes"
+    ]  # fmt: skip
+    assert "12 kimg" in lines[2] and "456.4" in lines[2] and "20 kimg" in lines[3]
+    assert "kept: iteration 1" in lines[5] and "236.0" in lines[5] and "best.pt" in lines[5]
+    assert "28 kimg" in lines[6] and "300.0" in lines[6]
+    # Four classes missing (5, 7, 8, 9) at 10% each.
+    assert "in classes pretraining lacks 40.0%" in lines[2]
+    assert lines[-1].strip() == "(classes the pretraining set lacks: 5, 7, 8, 9)"
+    assert outcome_lines({"metrics": [], "baselines": {}}, config) == []

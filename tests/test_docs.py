@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 CONFIG_DOC = DOCS / "configuration.md"
-TOP_LEVEL = ("name", "iterations", "seed")
+TOP_LEVEL = ("name", "iterations", "seed", "baselines")
 MISSING = object()
 
 

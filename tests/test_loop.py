@@ -101,6 +101,23 @@ def test_toy_sfbd_beats_pretraining_and_noisy_training(ray_cluster, tmp_path, mo
         p.name for p in (branch / "train").iterdir()
     ]
 
+    # train.refit_start: continue from the same pretraining: the refit carries on its train
+    # state (copied beside iteration 0), counting the pretraining's images as trained before.
+    carry = tmp_path / "carry"
+    more += ["--set", "train.refit_start=continue", "--set", "train.refit_kimg=2"]
+    common = ["--config", "toy2d", "--address", ray_cluster, "--set", "train.num_workers=0"]
+    assert run_job([*common, "--run-dir", str(carry), *more]) == 0
+    pretrain_states = list((run / "train" / "pretrain").glob("checkpoint_*/train_state.pt"))
+    newest = max(pretrain_states, key=lambda p: p.parent.name)
+    assert (carry / "train" / "pretrain" / newest.parent.name / "train_state.pt").read_bytes() == (
+        newest.read_bytes()
+    )
+    refit = torch.load(
+        max((carry / "train" / "refit_001").glob("checkpoint_*/train_state.pt")), weights_only=True
+    )
+    # Whole batches of 64: 150 kimg are 150,016 images, 2 kimg 2,048.
+    assert (refit["images_before"], refit["images_seen"]) == (150_016, 2_048)
+
 
 @pytest.fixture
 def tiny_images(tmp_path):
@@ -289,6 +306,20 @@ def test_tiny_image_run(ray_cluster, tmp_path, tiny_images, capfd):
         (["--config", "missing.yaml"], "does not exist"),
         (["--config", "toy2d", "--set", "train.pretrain_kimg=0"], "train.pretrain_kimg"),
         (["--config", "toy2d", "--set", "train.init=/no/such.pt"], "train.init"),
+        (["--config", "toy2d", "--set", "train.refit_start=warm"], "train.refit_start"),
+        (
+            [
+                "--config",
+                "fashion-mnist-cpu",
+                "--set",
+                "data.clean_fraction=0",
+                "--set",
+                "data.pretrain=fashion-mnist:test",
+                "--set",
+                "data.pretrain_classes=[0,12]",
+            ],
+            "data.pretrain_classes",
+        ),
     ],
 )
 def test_bad_configuration_fails_before_any_work(tmp_path, capsys, args, needle):

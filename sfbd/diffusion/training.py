@@ -29,6 +29,12 @@ class TrainConfig:
     # Refits restart their image count, so the ramp-up caps their EMA half-life anew (as the
     # authors' code, which starts a new EDM run per iteration); false: the whole half-life.
     refit_ema_rampup: bool = True
+    # How a refit starts (docs/math.md): "ema", the previous stage's EMA weights with a fresh
+    # Adam, warm-up and image count (the authors' code); "continue", the previous stage's
+    # whole train state (raw weights, Adam's moments, the EMA) and its image count carried on,
+    # so no new warm-up or EMA ramp-up: the refit is more training of the same run.
+    refit_start: str = "ema"
+    refit_lr: float | None = None  # the refits' learning rate; None: lr
     pretrain_kimg: float = 20.0
     refit_kimg: float = 10.0
     # A checkpoint of sfbd (a run's checkpoints/iter_KKK.pt, a baseline's .pt) that
@@ -57,16 +63,31 @@ class TrainConfig:
 
 
 INGEST_MODES = ("auto", "memory", "stream")
+REFIT_STARTS = ("ema", "continue")
 
 
 def stage_train_config(train: TrainConfig, iteration: int) -> TrainConfig:
-    """The train settings of pretraining (iteration 0) or refit `iteration`: a refit without
-    the EMA ramp-up when `train.refit_ema_rampup` is false (Algorithm 1's denoiser update
-    fine-tunes the previous EMA weights, which the ramp-up would let the first steps
-    overwrite)."""
-    if iteration == 0 or train.refit_ema_rampup:
+    """The train settings of pretraining (iteration 0) or refit `iteration`: a refit at
+    `train.refit_lr` when set, and without the EMA ramp-up when `train.refit_ema_rampup` is
+    false (Algorithm 1's denoiser update fine-tunes the previous EMA weights, which the ramp-up
+    would let the first steps overwrite)."""
+    if iteration == 0:
         return train
-    return replace(train, ema_rampup_ratio=None)
+    if train.refit_lr is not None:
+        train = replace(train, lr=train.refit_lr)
+    if not train.refit_ema_rampup:
+        train = replace(train, ema_rampup_ratio=None)
+    return train
+
+
+def check_refit_start(train: TrainConfig) -> None:
+    """train.refit_start and train.refit_lr, with one-line errors naming the key."""
+    if train.refit_start not in REFIT_STARTS:
+        raise ValueError(
+            f"config: train.refit_start = {train.refit_start!r}; allowed: {', '.join(REFIT_STARTS)}"
+        )
+    if train.refit_lr is not None and not train.refit_lr > 0:
+        raise ValueError(f"config: train.refit_lr = {train.refit_lr!r}; must be > 0, or null (lr)")
 
 
 def check_ingest(train: TrainConfig) -> None:
@@ -114,7 +135,8 @@ class TrainState:
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=train.lr, betas=(0.9, 0.999), eps=1e-8
         )
-        self.images_seen = 0
+        self.images_seen = 0  # by this stage
+        self.images_before = 0  # by the stages whose state this one continues
         self.loss = float("nan")
 
     def to(self, device: torch.device) -> TrainState:
@@ -128,6 +150,7 @@ class TrainState:
             "ema": self.ema.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "images_seen": self.images_seen,
+            "images_before": self.images_before,
             "loss": self.loss,
         }
 
@@ -137,7 +160,20 @@ class TrainState:
         self.ema.model.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.images_seen = int(state["images_seen"])
+        self.images_before = int(state.get("images_before", 0))
         self.loss = float(state.get("loss", float("nan")))
+
+    def continue_from(self, state: dict) -> None:
+        """Start a stage from the end of another one (`train.refit_start: continue`): its
+        weights, EMA and Adam's moments, with its images counted as trained before."""
+        self.load_state_dict(state)
+        self.images_before += self.images_seen
+        self.images_seen = 0
+
+    @property
+    def images_total(self) -> int:
+        """Images of the whole run of train states: what warm-up and EMA ramp-up count."""
+        return self.images_before + self.images_seen
 
 
 def step_rng(seed: int, stage: str, rank: int, step: int) -> np.random.Generator:
@@ -188,7 +224,7 @@ def train_step(
     """One EDM training step on `x`: warm-up learning rate, loss, backward, gradient clean-up
     and clipping, Adam, EMA. `model` is what runs the forward pass (`state.model`, or its DDP
     wrapper). Advances `state.images_seen` by the global batch; returns the loss."""
-    warm = min(state.images_seen / max(train.warmup_kimg * 1000, 1e-8), 1.0)
+    warm = min(state.images_total / max(train.warmup_kimg * 1000, 1e-8), 1.0)
     for group in state.optimizer.param_groups:
         group["lr"] = train.lr * max(warm, 1e-3)
     state.optimizer.zero_grad(set_to_none=True)
@@ -203,7 +239,7 @@ def train_step(
     state.optimizer.step()
     state.images_seen += train.batch_size
     beta = ema_beta(
-        train.batch_size, train.ema_halflife_kimg * 1000, train.ema_rampup_ratio, state.images_seen
+        train.batch_size, train.ema_halflife_kimg * 1000, train.ema_rampup_ratio, state.images_total
     )
     state.ema.update(state.model, beta)
     return loss.item()

@@ -18,6 +18,7 @@ failure in the loop fails the stage (no `FailureConfig` retries).
 from __future__ import annotations
 
 import io
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -110,6 +111,9 @@ class TrainJob:
     seed: int
     storage: str  # Ray Train's storage path; this stage's checkpoints go to <storage>/<stage>
     init_checkpoint: str | None = None  # EMA weights to start from (a refit: the previous ones)
+    # A stage's train storage folder whose newest train state this one continues (weights,
+    # Adam, EMA, image count: `train.refit_start: continue`); it takes over init_checkpoint.
+    init_state: str | None = None
     metric_tags: dict | None = None  # tags of the live kimg metric; None: no metric
     tensorboard: str | None = None  # the run's TensorBoard folder (rank 0 writes); None: none
     images_before: int = 0  # images the run trained before this stage: the events' step offset
@@ -123,18 +127,40 @@ def latest_state(stage_dir: Where) -> dict | None:
     killed between a checkpoint's upload and that record. Unreadable (partly written)
     checkpoints are skipped.
     """
-    folders = [
-        d
-        for d in Location.of(stage_dir).children()
-        if d.name.startswith("checkpoint_") and d.is_dir()
-    ]
+    found = _newest_state(stage_dir)
+    return None if found is None else found[1]
+
+
+def latest_state_folder(stage_dir: Where | None) -> Location | None:
+    """The checkpoint folder of `latest_state`."""
+    found = None if stage_dir is None else _newest_state(stage_dir)
+    return None if found is None else found[0]
+
+
+def _newest_state(stage_dir: Where) -> tuple[Location, dict] | None:
+    where = Location.of(stage_dir)
+    if not where.is_dir():
+        return None
+    folders = [d for d in where.children() if d.name.startswith("checkpoint_") and d.is_dir()]
     for d in reversed(folders):
         try:
             data = (d / STATE_FILE).read_bytes()
-            return torch_load(data, f"train state: {d / STATE_FILE} is not an sfbd train state")
+            state = torch_load(data, f"train state: {d / STATE_FILE} is not an sfbd train state")
+            return d, state
         except Exception:
             continue
     return None
+
+
+def init_train_storage(init: str) -> Location | None:
+    """Where the run that wrote checkpoint `init` (`RUN/checkpoints/iter_KKK.pt`) keeps the
+    train state behind it (`RUN/train/pretrain` or `RUN/train/refit_KKK`), if it is one."""
+    where = Location.of(init)
+    match = re.fullmatch(r"iter_(\d+)\.pt", where.name)
+    if match is None or where.parent.name != "checkpoints":
+        return None
+    k = int(match.group(1))
+    return where.parent.parent / "train" / ("pretrain" if k == 0 else f"refit_{k:03d}")
 
 
 def restore_point(job: TrainJob) -> dict | None:
@@ -268,8 +294,12 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
 
     resume = restore_point(job)
-    init = None
-    if resume is None and job.init_checkpoint:
+    carried = init = None
+    if resume is None and job.init_state:
+        carried = latest_state(Location.of(job.init_state))
+        if carried is None:
+            raise RuntimeError(f"{job.stage}: no train state to continue in {job.init_state}")
+    elif resume is None and job.init_checkpoint:
         init = load_denoiser_at(job.init_checkpoint)[0]
     state = TrainState(job.network, train, job.seed, job.stage, init).to(device)
     if resume is not None:
@@ -277,6 +307,8 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             kimg = state.images_seen / 1000
             print(f"{job.stage}: resumed from its checkpoint at {kimg:.1f} kimg", flush=True)
+    elif carried is not None:
+        state.continue_from(carried)
     model = ray.train.torch.prepare_model(state.model) if world > 1 else state.model
 
     plan: IngestPlan | None = config.get("ingest")  # None: memory (the benchmark's jobs)
