@@ -26,13 +26,14 @@ temp_dir="/tmp/ray-submit-$$"        # in every process of this head's command l
 dashboard_port=${SFBD_SUBMIT_DASHBOARD_PORT:-8275}
 if [ "$bare" = 1 ]; then
     # The job inherits the head's environment: the bare job's run goes to
-    # $SFBD_STORAGE/fashion-mnist-cpu (a CPU-only head), made small to take about 2 minutes.
+    # $SFBD_STORAGE/fashion-mnist-cpu (a CPU-only head), made small to take about 2 minutes
+    # (no classifier to train, no baselines).
     export SFBD_STORAGE="$PWD/runs/submit-bare"
     run_dir="$SFBD_STORAGE/fashion-mnist-cpu"
     job=(python jobs/sfbd.py --set iterations=1 --set data.limit=1000
          --set train.pretrain_kimg=1 --set train.refit_kimg=1 --set train.checkpoint_kimg=1
          --set train.log_kimg=1 --set eval.num_samples=64 --set eval.grid=4
-         --set eval.metric=swd --set eval.feature_net=)  # no classifier to train
+         --set eval.metric=swd --set eval.feature_net= --baselines none)  # no classifier
     rm -rf "$SFBD_STORAGE"
 else
     run_dir="$PWD/runs/submit-toy"

@@ -72,6 +72,10 @@ def test_experiment_table_baselines_and_resume(ray_cluster, tmp_path, unique_ima
     sets = [
         f"data.dataset=npz:{unique_images}",
         "data.limit=null",
+        # The preset pretrains on another set; this experiment keeps a clean fraction.
+        "data.pretrain=null",
+        "data.pretrain_limit=null",
+        "data.pretrain_classes=null",
         "data.tau=0.5",
         "iterations=1",
         "network.preset=tiny",
@@ -314,3 +318,32 @@ def test_seeds_share_all_clean_within_a_seed_only(tmp_path, monkeypatch):
     again = experiment()
     assert len(calls) == 4 and len(trained) == 11  # 4 noisy, 4 clean-only, 3 all-clean
     assert again["fractions"] == results["fractions"] and again["notes"] == results["notes"]
+
+
+def test_rows_carry_the_share_of_classes_pretraining_lacks(tmp_path):
+    """With a pretraining set that lacks classes (the make-run preset: no shoes or bags) and
+    every item noisy, each row carries the share of its samples in those classes."""
+    from sfbd.config import load_config
+    from sfbd.rundir import RunDir
+    from sfbd.runfiles import write_json_atomic
+    from sfbd.studies.experiment import LACKING, collect_rows
+
+    run = RunDir(tmp_path / "run")
+    config = load_config("fashion-mnist-cpu")
+    assert config.data.classes_pretraining_lacks() == [5, 7, 8, 9]
+    run.write_config(config)
+    shares = [[0.2, 0.2, 0.2, 0.1, 0.2, 0.0, 0.1, 0.0, 0.1, 0.1], [0.1] * 10]
+    for k, s in enumerate(shares):
+        run.append_metrics(
+            {"iteration": k, "metric": "fd", "fd": 10.0 - k, "noisy_distance": 5.0 - k}
+            | {"class_shares": s}
+        )
+    for kind in ("noisy", "clean-only", "all-clean"):
+        row = {"metric": "fd", "fd": 1.0, "kimg": 36.0, "class_shares": shares[1]}
+        write_json_atomic(run.baseline_result(kind), row)
+    _, rows = collect_rows(run)
+    got = {r["row"]: r["metrics"][LACKING] for r in rows}
+    assert got["pretrain-only"] == pytest.approx(0.2)  # 0.0 + 0.0 + 0.1 + 0.1
+    assert got["SFBD iteration 1"] == got["all-clean"] == pytest.approx(0.4)
+    # A clean fraction of the data set itself: no class is missing, no such column.
+    assert load_config("toy2d").data.classes_pretraining_lacks() is None

@@ -161,6 +161,7 @@ def test_tiny_image_run(ray_cluster, tmp_path, tiny_images, capfd):
     torch.jit.script(net).save(str(feature_net))
     sets = [
         "iterations=1",
+        "baselines=[]",
         "network.preset=tiny",
         # Ray Train's local mode; DDP across workers: test_multinode.py
         "train.num_workers=0",

@@ -93,9 +93,7 @@ def outcome_lines(summary: dict, config: SFBDConfig) -> list[str]:
     if not rows:
         return []
     metric, t = rows[0]["metric"], config.train
-    missing = None
-    if config.data.pretrain_classes is not None and config.data.clean_fraction == 0:
-        missing = sorted(set(range(10)) - set(config.data.pretrain_classes))
+    missing = config.data.classes_pretraining_lacks()
 
     def line(label: str, kimg: float | None, row: dict) -> str:
         text = f"  {label:<24} {'' if kimg is None else f'{kimg:g} kimg':>9}  "

@@ -7,7 +7,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from sfbd.data.images import image_files_kind
-from sfbd.data.sources import Source, check_classes, check_dataset_spec, load_source
+from sfbd.data.sources import (
+    NUM_CLASSES,
+    Source,
+    check_classes,
+    check_dataset_spec,
+    load_source,
+)
 from sfbd.data.split import check_split_args, holdout_indices, observe, split_indices
 from sfbd.data.store import (
     MANIFEST,
@@ -84,6 +90,13 @@ class DataConfig:
             raise ValueError(
                 f"noisy_dtype: {self.noisy_dtype!r}; allowed: {', '.join(NOISY_DTYPES)}"
             )
+
+    def classes_pretraining_lacks(self) -> list[int] | None:
+        """The labels no clean item has: those `pretrain_classes` leaves out when every item of
+        `dataset` is observed noisy (None when the clean set is not restricted so)."""
+        if self.pretrain_classes is None or self.clean_fraction != 0:
+            return None
+        return sorted(set(range(NUM_CLASSES)) - set(self.pretrain_classes))
 
     def identity(self) -> dict:
         """The fields that determine the prepared content."""

@@ -163,6 +163,9 @@ def _grid(run: RunDir, prefix: str) -> Location | None:
 
 
 SAME_BUDGET = "pretrain-only, same budget"
+# The share of a row's samples that the classifier puts in the classes the pretraining set
+# lacks (`data.pretrain_classes` with every item observed noisy).
+LACKING = "lacking_classes_share"
 KEPT = "SFBD, kept by noisy_distance"
 
 
@@ -172,6 +175,7 @@ def collect_rows(run: RunDir) -> tuple[SFBDConfig, list[dict]]:
     config = run.read_config()
     t = config.train
     by_iter = {r["iteration"]: r for r in run.read_metrics()}
+    lacking = config.data.classes_pretraining_lacks()
 
     def row(label: str, key: str, record: dict, kimg: float, ckpt: Location) -> dict:
         metric = record["metric"]
@@ -182,6 +186,8 @@ def collect_rows(run: RunDir) -> tuple[SFBDConfig, list[dict]]:
         for key in ("kid", "noisy_distance"):
             if record.get(key) is not None:
                 metrics[key] = record[key]
+        if lacking and record.get("class_shares"):  # what pretraining could not draw
+            metrics[LACKING] = sum(record["class_shares"][c] for c in lacking)
         return {
             "row": label,
             "key": key,
