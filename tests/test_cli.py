@@ -105,7 +105,7 @@ def test_the_run_ends_with_what_it_got():
     }
     lines = outcome_lines(summary, config)
     text = "\n".join(lines)
-    assert "fd, lower is better; 1000 samples, fm.pt" in text
+    assert "fd, lower is better; 1000 samples, classifier:fashion-mnist features" in text
     assert [ln.split()[0] for ln in lines[2:]] == [
         "pretraining", "iteration", "iteration", "kept:", "clean-only", "all-clean", "(classes"
     ]  # fmt: skip

@@ -105,11 +105,11 @@ def outcome_lines(summary: dict, config: SFBDConfig) -> list[str]:
             text += f"  in classes pretraining lacks {100 * share:4.1f}%"
         return text
 
-    net = rows[0].get("feature_net") or ""
+    net = f", {config.eval.feature_net} features" if metric == "fd" else ""
     out = [
         "",
         f"what this run got ({metric}, lower is better; "
-        f"{rows[0].get('num_samples', '?')} samples{', ' + net if net else ''}):",
+        f"{rows[0].get('num_samples', '?')} samples{net}):",
     ]
     for r in rows:
         k = r["iteration"]
