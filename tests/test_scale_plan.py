@@ -204,7 +204,7 @@ def test_workload_from_config(tmp_path):
     # The preset's schedule: 8 SDE denoise levels (15 NFE), eval 10 levels (19 NFE) on 1000 samples.
     assert (w.denoise_steps, w.denoise_nfe) == (8, 15)
     assert (w.eval_nfe, w.eval_samples) == (19, 1000)
-    assert (w.iterations, w.refit_kimg, w.pretrain_kimg, w.batch_size) == (3, 8, 12, 64)
+    assert (w.iterations, w.refit_kimg, w.pretrain_kimg, w.batch_size) == (2, 8, 12, 64)
     # Every item noisy: the preset's clean set is a pretraining set of its own (400 items),
     # which does not grow with the data; the plan counts none.
     assert (w.clean_fraction, w.holdout_fraction) == (0.0, 0.1)
