@@ -197,8 +197,9 @@ def run_trial(params: dict, base: dict, root: str, keys: list[str], seeds: bool)
             }
         )
 
-    # The loop runs in an orchestrator actor outside the trial's placement group.
-    fit(config, run_dir, on_metrics=report)
+    # The loop runs in an orchestrator actor outside the trial's placement group. A trial is
+    # scored by its own metrics; a preset's comparison models are not part of it.
+    fit(config, run_dir, baselines=[], on_metrics=report)
 
 
 def make_scheduler(config: SFBDConfig, grid: SweepConfig):
