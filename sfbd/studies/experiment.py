@@ -368,7 +368,10 @@ def run_experiment(
             raise ValueError(
                 f"--seeds: sets seed and data.seed of every run; drop --set {fixed[0]}"
             )
-    base = load_config(config, given)
+    # Every run sets its clean fraction: the base config is the first run's (a preset's own
+    # fraction may not hold with the overrides, e.g. 0 once data.pretrain=null).
+    first = [f"data.clean_fraction={fractions[0]}"]
+    base = load_config(config, [*given, *first])
     last = seed_overrides(seeds - 1) if seeds > 1 else []
     for f in fractions:  # every run's config, before any work
         load_config(config, [*given, f"data.clean_fraction={f}", *last])
@@ -379,7 +382,7 @@ def run_experiment(
         net = Path(feature_net).expanduser().resolve()
         ensure_feature_net(net, base, feature_net_epochs, log=log)
         overrides += ["eval.metric=fd", f"eval.feature_net={net}"]
-        base = load_config(config, overrides)
+        base = load_config(config, [*overrides, *first])
     extras, notes = extra_metrics(extra, base)
 
     init_ray(address)
