@@ -20,14 +20,7 @@ import torch
 from sfbd.config import load_config
 from sfbd.data.sources import load_source, toy2d_sample
 from sfbd.diffusion.samplers import backward_denoise, generate
-from sfbd.diffusion.training import (
-    TrainState,
-    draw_batch,
-    set_weights,
-    stage_train_config,
-    train_loss,
-    train_step,
-)
+from sfbd.diffusion.training import TrainState, stage_train_config, train_on_sets
 from sfbd.metrics.distances import sliced_wasserstein
 
 TAU = 0.59
@@ -52,13 +45,7 @@ def main() -> None:
         return round(sliced_wasserstein(x.numpy(), truth), 4)
 
     def fit(state: TrainState, sets: list[np.ndarray], kimg: float, stage: str, t) -> None:
-        loss_fn, tensors = train_loss(t, net), [torch.from_numpy(s) for s in sets]
-        weights = set_weights([len(s) for s in sets], [None] * len(sets))
-        end = state.images_seen + kimg * 1000
-        while state.images_seen < end:
-            step = state.images_seen // t.batch_size
-            x = draw_batch(tensors, weights, t.batch_size, seed, stage, 0, step)
-            train_step(state, state.model, loss_fn, x, t, False)
+        train_on_sets(state, sets, kimg, t, net, seed, stage)
 
     data = load_source("toy2d", num=config.data.num, seed=seed).items
     rng = np.random.default_rng([seed, 9])

@@ -9,14 +9,7 @@ import torch
 from sfbd.config import load_config
 from sfbd.data.sources import load_source, toy2d_sample
 from sfbd.diffusion.samplers import backward_denoise, generate
-from sfbd.diffusion.training import (
-    TrainState,
-    draw_batch,
-    set_weights,
-    stage_train_config,
-    train_loss,
-    train_step,
-)
+from sfbd.diffusion.training import TrainState, stage_train_config, train_on_sets
 from sfbd.metrics.distances import sliced_wasserstein
 
 TAU = 0.59
@@ -30,14 +23,7 @@ def toy_config():
 
 def fit(state: TrainState, sets: list[np.ndarray], kimg: float, stage: str, config, train):
     """`kimg` more images of EDM training on `sets` mixed by size, as the train stage does."""
-    loss_fn = train_loss(train, config.network)
-    tensors = [torch.from_numpy(s) for s in sets]
-    weights = set_weights([len(s) for s in sets], [None] * len(sets))
-    end = state.images_seen + kimg * 1000
-    while state.images_seen < end:
-        step = state.images_seen // train.batch_size
-        x = draw_batch(tensors, weights, train.batch_size, 0, stage, 0, step)
-        train_step(state, state.model, loss_fn, x, train, False)
+    train_on_sets(state, sets, kimg, train, config.network, 0, stage)
 
 
 def test_continue_carries_weights_adam_ema_and_the_image_count():

@@ -252,3 +252,25 @@ def set_weights(sizes: list[int], weights: list[float | None]) -> np.ndarray:
         dtype=np.float64,
     )
     return w / w.sum()
+
+
+def train_on_sets(
+    state: TrainState,
+    sets: list[np.ndarray],
+    kimg: float,
+    train: TrainConfig,
+    network: NetworkConfig,
+    seed: int,
+    stage: str,
+) -> None:
+    """`kimg` more images of EDM training of `state` in this process, on `sets` mixed by size,
+    drawn as the train stage draws them (rank 0 of one): the stage's loop without Ray, for
+    tests and studies that need many small trainings."""
+    loss_fn = train_loss(train, network)
+    tensors = [torch.from_numpy(s) for s in sets]
+    weights = set_weights([len(s) for s in sets], [None] * len(sets))
+    end = state.images_seen + kimg * 1000
+    while state.images_seen < end:
+        step = state.images_seen // train.batch_size
+        x = draw_batch(tensors, weights, train.batch_size, seed, stage, 0, step)
+        train_step(state, state.model, loss_fn, x, train, False)
